@@ -1,0 +1,43 @@
+"""Reactive admission and the reactive reserve of the dual variants (algorithm.md §7).
+
+Reactive traffic is not paced, so in a blended group it takes the abandonments. A dual target
+admits reactive arrivals up to the share of capacity not guaranteed to proactive traffic::
+
+    λ_r,admit      = min(λ_r, (1 − proactive_ratio) · λ*)
+    reactive_state = λ_r,admit / λ_r            (1 when λ_r = 0)
+    R              = ⌈λ_r,admit · h⌉             slots held back for reactive arrivals
+
+λ* is the total arrival rate the group can take at its goal. PREDICTIVE_B computes it from
+Erlang-A (§5); until that solver lands, :func:`capacity_rate` stands in with the service
+capacity N·μ, an upper bound on λ* (so reactive traffic is admitted generously, never starved).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.float64]
+
+
+def capacity_rate(servers: Array, handle_time: Array) -> Array:
+    """N·μ = N / h: completions per second with every slot busy (stand-in for λ*)."""
+    return servers / handle_time
+
+
+def reactive_admission(
+    *, reactive_rate: Array, operating_rate: Array, proactive_ratio: Array
+) -> tuple[Array, Array]:
+    """(λ_r,admit, reactive_state) of §7; both finite, the state in [0, 1]."""
+    with np.errstate(all="ignore"):
+        admitted = np.minimum(reactive_rate, (1.0 - proactive_ratio) * operating_rate)
+        admitted = np.clip(np.nan_to_num(admitted, nan=0.0), 0.0, None)
+        state = np.where(reactive_rate > 0, admitted / reactive_rate, 1.0)
+    return admitted, np.clip(np.nan_to_num(state, nan=1.0), 0.0, 1.0)
+
+
+def reactive_reserve(admitted_rate: Array, handle_time: Array) -> Array:
+    """R = ⌈λ_r,admit · h⌉: the slots the reactive load keeps busy on average, rounded up (§7)."""
+    with np.errstate(all="ignore"):
+        # The tolerance keeps a load of exactly 2.0 slots, computed as 2.0000000000000004, at 2.
+        return np.ceil(np.nan_to_num(admitted_rate * handle_time, nan=0.0) - 1e-9).clip(0.0)

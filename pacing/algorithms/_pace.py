@@ -1,0 +1,316 @@
+"""One pacing cycle for n targets: safety layer, estimators, the rule of each target, rounding.
+
+The order inside :func:`pace` (algorithm.md §2 before §4):
+
+1. rows whose statistics or configuration are unusable get budget 0 with their reason and keep
+   their previous state, so missing data never reaches the estimators;
+2. the estimators take this cycle's counters (:mod:`._estimators`);
+3. nobody staffed → ``NO_AGENTS``; a queue far longer than the group → ``QUEUE_FULL``;
+4. the trim β takes this cycle's feedback (§6);
+5. each remaining row is paced by the rule of its algorithm (:data:`RULES`), with the prior
+   parameters and SUPER_PROGRESSIVE during a cold start;
+6. the fractional budgets are rounded with a carry and capped per target and over all targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pacing.algorithms import _dual, _safety
+from pacing.algorithms._estimators import (
+    Estimates,
+    Observation,
+    estimate,
+    observe,
+    update_trim,
+    with_priors,
+)
+from pacing.algorithms._state import StateColumn as Col
+from pacing.algorithms._state import known_or, sanitize
+from pacing.algorithms._super_progressive import super_progressive_budget, survival_exponent
+from pacing.algorithms._types import (
+    ALGORITHMS,
+    OBJECTIVES,
+    PacingInputs,
+    PacingParameters,
+    PacingResult,
+    PacingTargets,
+)
+from pacing.domain import Algorithm, Objective, Reason
+
+Array = NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """Everything a rule needs about a batch of rows (algorithm.md §1), all arrays of one length."""
+
+    free_slots: Array  # f
+    busy_slots: Array  # b
+    waiting: Array  # Q
+    pending: Array  # P, whole invitations
+    estimates: Estimates  # p (= q), d, h, θ, λ_r
+    allowance: Array  # g · e^β: abandonments allowed per accepted invitation (§4.4, §6)
+    dual: NDArray[np.bool_]  # SUPER_PROGRESSIVE_DUAL or PREDICTIVE_B_DUAL
+    proactive_ratio: Array  # in [0, 1]
+    cap: Array  # per-target maximum budget, whole invitations
+
+
+class Decision(NamedTuple):
+    """A rule's answer: fractional budgets (rounded later) and reactive admission probabilities."""
+
+    budget: Array
+    reactive_state: Array
+
+
+Rule = Callable[[Model, PacingParameters], Decision]
+
+
+def super_progressive(model: Model, parameters: PacingParameters) -> Decision:
+    """SUPER_PROGRESSIVE (§4), with the reserve and reactive forecast of its dual variant (§7)."""
+    estimates = model.estimates
+    handle_time = estimates.handle_time
+    horizon = estimates.resolve_delay  # τ = d: acceptances arrive within about one delay
+    servers = model.free_slots + model.busy_slots
+    admitted, admission = _dual.reactive_admission(
+        reactive_rate=estimates.reactive_rate,
+        operating_rate=_dual.capacity_rate(servers, handle_time),
+        proactive_ratio=model.proactive_ratio,
+    )
+    admitted = np.where(model.dual, admitted, 0.0)
+    reserve = np.where(model.dual, _dual.reactive_reserve(admitted, handle_time), 0.0)
+    # §4.1: F = f − R + b·(1 − e^(−τ/h)) − λ_r·τ. The reactive term uses the admitted rate:
+    # refused reactive requests never take a slot.
+    freed = model.busy_slots * -np.expm1(-horizon / handle_time)
+    capacity = model.free_slots - reserve + freed - admitted * horizon
+    budget = super_progressive_budget(
+        headroom=capacity - model.waiting,
+        pending=model.pending,
+        accept_probability=estimates.accept_probability,
+        survival=survival_exponent(servers, handle_time, estimates.abandon_rate),
+        allowance=model.allowance,
+        cap=model.cap,
+        interpolate=parameters.super_progressive_interpolate,
+    )
+    return Decision(budget=budget, reactive_state=np.where(model.dual, admission, 1.0))
+
+
+#: THE DISPATCH POINT: the rule that paces each configured algorithm.
+#:
+#: PREDICTIVE_B (Erlang-A operating point plus state feedback, algorithm.md §5) is a later issue.
+#: Until it lands every algorithm value, AUTO included, is paced with SUPER_PROGRESSIVE. To add a
+#: rule, write it as a :data:`Rule` (a function of a :class:`Model` batch) and map its algorithms
+#: here; AUTO should then choose by group size (1–30 slots SUPER_PROGRESSIVE, 30+ PREDICTIVE_B).
+#: Whatever the mapping, a cold-start row is paced with SUPER_PROGRESSIVE and the priors (§2).
+RULES: Mapping[Algorithm, Rule] = {
+    Algorithm.AUTO: super_progressive,
+    Algorithm.SUPER_PROGRESSIVE: super_progressive,
+    Algorithm.SUPER_PROGRESSIVE_DUAL: super_progressive,
+    Algorithm.PREDICTIVE_B: super_progressive,
+    Algorithm.PREDICTIVE_B_DUAL: super_progressive,
+}
+COLD_START_RULE: Rule = super_progressive
+
+_DUAL = np.array([algorithm.is_dual for algorithm in ALGORITHMS])
+_BUSY_FACTOR = OBJECTIVES.index(Objective.BUSY_FACTOR)
+
+
+def pace(
+    inputs: PacingInputs,
+    targets: PacingTargets,
+    state: NDArray[np.float64],
+    *,
+    parameters: PacingParameters,
+    now: float,
+) -> PacingResult:
+    """Budgets, reactive states, reasons and the next state for n targets (one refresh cycle).
+
+    Never raises for bad data: every row gets a finite budget in [0, max_budget]. Raises
+    ``ValueError`` only when the arrays of ``inputs`` and ``targets`` differ in length, which is
+    a bug in the caller, not bad data.
+    """
+    n = len(inputs.input_reason)
+    _check_lengths(inputs, targets, n)
+    previous = sanitize(state, n)
+    reason = _safety.input_reasons(inputs.input_reason, n)
+    reason[_safety.misconfigured(targets) & (reason == Reason.OK)] = Reason.ERROR
+    slots = parameters.max_plausible_slots
+    free = _safety.plausible(inputs.agents_ready, limit=slots)
+    busy = _safety.plausible(inputs.agents_busy, limit=slots)
+    waiting = _safety.plausible(inputs.interactions_waiting, limit=slots)
+    unreadable = np.isnan(free) | np.isnan(busy) | np.isnan(waiting)
+    reason[unreadable & (reason == Reason.OK)] = Reason.ERROR
+
+    budget = np.zeros(n, dtype=np.int64)
+    reactive_state = np.ones(n)
+    new_state = previous.copy()
+    rows = np.flatnonzero(reason == Reason.OK)
+    if rows.size:
+        cycle = _pace_rows(
+            rows,
+            inputs=inputs,
+            targets=targets,
+            previous=previous[rows],
+            staffing=(free[rows], busy[rows], waiting[rows]),
+            parameters=parameters,
+            now=float(now),
+        )
+        budget[rows], reactive_state[rows], reason[rows], new_state[rows] = cycle
+    budget = _safety.apply_global_cap(budget, parameters.global_budget_cap)
+    return PacingResult(
+        proactive_budget=budget, reactive_state=reactive_state, reason=reason, state=new_state
+    )
+
+
+class _RowsResult(NamedTuple):
+    budget: NDArray[np.int64]
+    reactive_state: Array
+    reason: NDArray[np.int8]
+    state: Array
+
+
+def _pace_rows(
+    rows: NDArray[np.intp],
+    *,
+    inputs: PacingInputs,
+    targets: PacingTargets,
+    previous: Array,
+    staffing: tuple[Array, Array, Array],
+    parameters: PacingParameters,
+    now: float,
+) -> _RowsResult:
+    """Steps 2–6 of the module docstring for the rows whose statistics are usable."""
+    free, busy, waiting = staffing
+    count = rows.size
+
+    def counter(values: NDArray[np.float64]) -> Array:
+        return _safety.plausible(values[rows], limit=_safety.LARGEST_COUNTER)
+
+    observation = Observation(
+        answered_total=counter(inputs.answered_total),
+        abandoned_total=counter(inputs.abandoned_total),
+        reactive_arrivals_total=counter(inputs.reactive_arrivals_total),
+        offers_accepted_total=counter(inputs.offers_accepted_total),
+        offers_resolved_total=counter(inputs.offers_resolved_total),
+        offers_pending=counter(inputs.offers_pending),
+        interactions_waiting=waiting,
+        aht_seconds=counter(inputs.aht_seconds),
+    )
+    state, outcomes = observe(previous, observation, now=now, parameters=parameters)
+
+    servers = free + busy
+    reason = np.full(count, Reason.OK, dtype=np.int8)
+    no_agents = servers <= 0
+    queue_full = ~no_agents & (waiting > parameters.queue_full_factor * servers)
+    reason[no_agents] = Reason.NO_AGENTS
+    reason[queue_full] = Reason.QUEUE_FULL
+    paced = ~no_agents & ~queue_full
+
+    algorithm = np.asarray(targets.algorithm, dtype=np.int64)[rows]
+    busy_factor = np.asarray(targets.objective, dtype=np.int64)[rows] == _BUSY_FACTOR
+    goal = np.clip(np.asarray(targets.goal, dtype=np.float64)[rows], 0.0, 1.0)
+    with np.errstate(all="ignore"):
+        busy_share = np.where(paced, busy / servers, 0.0)
+    # Abandonments while nobody is staffed or the queue overflows are not the pacing's doing;
+    # letting them drag β down would keep the target under-paced long after recovery (§6).
+    trim = update_trim(
+        state[:, Col.TRIM],
+        busy_factor=busy_factor,
+        goal=goal,
+        outcomes=outcomes,
+        busy_share=busy_share,
+        parameters=parameters,
+    )
+    state[:, Col.TRIM] = np.where(paced, trim, state[:, Col.TRIM])
+
+    estimates = estimate(state, parameters)
+    state[:, Col.ACCEPT_PROBABILITY] = estimates.accept_probability
+    state[:, Col.RESOLVE_DELAY_SECONDS] = estimates.resolve_delay
+    state[:, Col.ABANDON_RATE_PER_SECOND] = estimates.abandon_rate
+    state[:, Col.REACTIVE_RATE_PER_SECOND] = estimates.reactive_rate
+    reason[paced & estimates.cold] = Reason.COLD_START
+
+    base_goal = np.where(busy_factor, parameters.busy_factor_abandonment, goal)
+    model = Model(
+        free_slots=free,
+        busy_slots=busy,
+        waiting=waiting,
+        pending=np.floor(known_or(state[:, Col.LAST_OFFERS_PENDING], 0.0)),
+        estimates=with_priors(estimates, parameters),
+        allowance=base_goal * np.exp(known_or(state[:, Col.TRIM], 0.0)),
+        dual=_DUAL[algorithm],
+        proactive_ratio=np.clip(np.asarray(targets.proactive_ratio)[rows], 0.0, 1.0),
+        cap=_safety.budget_caps(
+            np.asarray(targets.max_budget)[rows], parameters.budget_search_limit
+        ),
+    )
+    fractional = np.zeros(count)
+    reactive_state = np.ones(count)
+    for rule, chosen in _dispatch(algorithm, estimates.cold, paced):
+        decision = rule(_subset(model, chosen), parameters)
+        fractional[chosen] = decision.budget
+        reactive_state[chosen] = decision.reactive_state
+
+    budget, carry = _safety.carry_round(fractional, known_or(state[:, Col.CARRY], 0.0), model.cap)
+    # A target that could not be paced owes nothing when it can again.
+    state[:, Col.CARRY] = np.where(paced, carry, 0.0)
+    budget[~paced] = 0
+    return _RowsResult(
+        budget=budget,
+        reactive_state=np.clip(np.nan_to_num(reactive_state, nan=1.0), 0.0, 1.0),
+        reason=reason,
+        state=state,
+    )
+
+
+def _dispatch(
+    algorithm: NDArray[np.int64], cold: NDArray[np.bool_], paced: NDArray[np.bool_]
+) -> list[tuple[Rule, NDArray[np.intp]]]:
+    """Each rule in use with the rows it paces (cold rows go to :data:`COLD_START_RULE`)."""
+    masks: dict[Rule, NDArray[np.bool_]] = {}
+    for index, candidate in enumerate(ALGORITHMS):
+        rule = RULES[candidate]
+        masks[rule] = masks.get(rule, np.zeros_like(paced)) | (paced & ~cold & (algorithm == index))
+    masks[COLD_START_RULE] = masks.get(COLD_START_RULE, np.zeros_like(paced)) | (paced & cold)
+    return [(rule, np.flatnonzero(mask)) for rule, mask in masks.items() if mask.any()]
+
+
+def _subset(model: Model, rows: NDArray[np.intp]) -> Model:
+    estimates = model.estimates
+    return Model(
+        free_slots=model.free_slots[rows],
+        busy_slots=model.busy_slots[rows],
+        waiting=model.waiting[rows],
+        pending=model.pending[rows],
+        estimates=Estimates(
+            accept_probability=estimates.accept_probability[rows],
+            resolve_delay=estimates.resolve_delay[rows],
+            handle_time=estimates.handle_time[rows],
+            abandon_rate=estimates.abandon_rate[rows],
+            reactive_rate=estimates.reactive_rate[rows],
+            cold=estimates.cold[rows],
+        ),
+        allowance=model.allowance[rows],
+        dual=model.dual[rows],
+        proactive_ratio=model.proactive_ratio[rows],
+        cap=model.cap[rows],
+    )
+
+
+def _check_lengths(inputs: PacingInputs, targets: PacingTargets, n: int) -> None:
+    lengths = {
+        name: np.shape(getattr(container, name))
+        for container in (inputs, targets)
+        for name in (field.name for field in fields(container))
+    }
+    wrong = sorted(name for name, shape in lengths.items() if shape != (n,))
+    if wrong:
+        raise ValueError(
+            f"Pacing arrays must all have length {n} (the length of input_reason); "
+            f"these do not: {', '.join(wrong)}. Build them from the same list of targets."
+        )

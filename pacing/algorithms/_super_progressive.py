@@ -1,0 +1,351 @@
+"""SUPER_PROGRESSIVE (algorithm.md §4): the largest budget whose extra abandonments stay in goal.
+
+For one target, with headroom c = F − Q (capacity free within the acceptance horizon, minus the
+queue), pending invitations P, acceptance probability q and survival exponent a = −log r::
+
+    S(m)     = m − r(1 − r^m)/(1 − r)                  expected abandonments of m queued visitors
+    φ(k)     = S(max(0, k − c))                        ... once k more visitors have accepted
+    E_ab(n)  = E[φ(K_n)] − φ(0),  K_n ~ Binomial(P + n, q)
+    slack(n) = g'·q·(P + n) − E_ab(n)                  g' = goal · e^β (§6)
+
+and the budget is the largest n ≤ cap with slack(n) ≥ 0, scanning n upward from 0 and stopping at
+the first violation.
+
+Why a bisection gives exactly that scan: φ is convex in k (S is convex and increasing from
+S(0) = 0), a binomial mixture of a convex function is convex in the number of trials, and so
+E_ab is convex in M = P + n with value 0 at M = 0. Hence E_ab(M)/M never decreases and slack
+stays negative once it is negative: the feasible n form one interval [0, n*]. Rows are solved all
+at once by a vectorised bisection that drops finished rows; cheap bounds (every acceptance fits →
+feasible; Jensen's inequality → infeasible) narrow the bracket before any binomial sum is taken,
+so a 10,000-target call costs a few exact evaluations per row instead of one per candidate n.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import gammaln
+
+Array = NDArray[np.float64]
+_Probe = Callable[[NDArray[np.intp], Array], NDArray[np.bool_]]
+
+#: The binomial sum is taken over mean ± (8 sd + 16): the mass left out is below 1e-15 of the
+#: total even for the skewed, Poisson-like rows with a tiny mean (the +16).
+_TAIL_SDS = 8.0
+_TAIL_PAD = 16.0
+#: Rows are summed in blocks of similar window width so that one wide row does not pad thousands
+#: of narrow ones; windows wider than the last block (sd above ~30, i.e. thousands of pending
+#: invitations) are summed on a strided grid by the midpoint rule instead of exactly.
+_WINDOW_BLOCKS = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+#: q = 1 makes the odds q / (1 − q) infinite; a hair below 1 keeps every term finite.
+_Q_MAX = 1.0 - 1e-12
+
+
+def queue_abandonments(queued: Array, survival_exponent: Array) -> Array:
+    """S(m): expected abandonments among ``queued`` visitors waiting in positions 1..m (§4.2).
+
+    ``survival_exponent`` is a = −log r, so r = e^(−a); the form m + expm1(−a·m)/expm1(a) is
+    the same as m − r(1 − r^m)/(1 − r) without its cancellation when r is close to 1.
+    """
+    with np.errstate(over="ignore"):
+        return queued + np.expm1(-survival_exponent * queued) / np.expm1(survival_exponent)
+
+
+def survival_exponent(servers: Array, handle_time: Array, abandon_rate: Array) -> Array:
+    """a = −log r with r = Nμ / (Nμ + θ), computed as log1p(θ·h / N) (§4.2)."""
+    return np.log1p(abandon_rate * handle_time / servers)
+
+
+def expected_queue_abandonments(
+    trials: Array, accept_probability: Array, headroom: Array, survival: Array
+) -> Array:
+    """E[S(max(0, K − c))] for K ~ Binomial(trials, q), row by row (§4.3).
+
+    ``trials`` must hold non-negative integers; every argument is a 1-D array of one length.
+    """
+    q = np.clip(accept_probability, 0.0, _Q_MAX)
+    mean = trials * q
+    spread = _TAIL_SDS * np.sqrt(mean * (1.0 - q)) + _TAIL_PAD
+    # Only k > c queues anybody, so the sum starts at the first integer above the headroom.
+    first = np.maximum(np.floor(headroom) + 1.0, np.maximum(np.ceil(mean - spread), 0.0))
+    last = np.minimum(trials, np.floor(mean + spread))
+    width = last - first + 1.0
+    expected = np.zeros_like(trials)
+    narrower = 0.0
+    for block in _WINDOW_BLOCKS:
+        rows = np.flatnonzero((width > narrower) & (width <= block))
+        if rows.size:
+            window = _Window(
+                trials[rows], q[rows], first[rows], width[rows], headroom[rows], survival[rows]
+            )
+            expected[rows] = _window_sum(window, block=block)
+        narrower = block
+    rows = np.flatnonzero(width > narrower)
+    if rows.size:
+        window = _Window(
+            trials[rows], q[rows], first[rows], width[rows], headroom[rows], survival[rows]
+        )
+        expected[rows] = _strided_sum(window)
+    return expected
+
+
+def _log_binomial_pmf(k: Array, trials: Array, q: Array) -> Array:
+    with np.errstate(divide="ignore"):
+        log_pmf: Array = (
+            gammaln(trials + 1.0)
+            - gammaln(k + 1.0)
+            - gammaln(trials - k + 1.0)
+            + k * np.log(q)
+            + (trials - k) * np.log1p(-q)
+        )
+    return log_pmf
+
+
+class _Window(NamedTuple):
+    """The rows of one block: K ~ Binomial(trials, q), summed over first .. first + width − 1."""
+
+    trials: Array
+    q: Array
+    first: Array
+    width: Array
+    headroom: Array
+    survival: Array
+
+
+def _window_sum(window: _Window, *, block: int) -> Array:
+    # Exact sum over k = first .. first + block − 1 (terms past the row's window are negligible
+    # but true, and the pmf is exactly 0 past k = M). The pmf is built from its first term by
+    # the ratio pmf(k)/pmf(k − 1) = (M − k + 1)/k · q/(1 − q): no transcendental per term, and
+    # the window starts within 8 sd of the mean, so the first term is far from underflow.
+    #
+    # S is not evaluated per term either. With m_j = m_0 + j and ρ = e^(−a):
+    #   Σ pmf_j S(m_j) = m_0 Σ pmf_j + Σ j pmf_j − (Σ pmf_j − e^(−a m_0) Σ pmf_j ρ^j) / expm1(a)
+    # and pmf_j ρ^j is the cumulative product of the ratios times ρ: three row sums in all.
+    # The subtraction loses about 1e-16 / a absolutely, far below any goal even for a = 1e-8.
+    trials, q, first, _, headroom, survival = window
+    offsets = np.arange(block, dtype=np.float64)
+    k = first[:, None] + offsets
+    odds = q / (1.0 - q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (trials[:, None] + 1.0 - k) / k * odds[:, None]
+    ratio = np.maximum(ratio, 0.0)
+    ratio[:, 0] = np.exp(_log_binomial_pmf(first, trials, q))
+    pmf = np.cumprod(ratio, axis=1)
+    ratio *= np.exp(-survival)[:, None]
+    ratio[:, 0] = pmf[:, 0]
+    tilted = np.cumprod(ratio, axis=1)
+    mass = pmf.sum(axis=1)
+    moment = pmf @ offsets
+    tilted_mass = tilted.sum(axis=1)
+    queued = first - headroom  # m_0 > 0: the window starts above the headroom
+    with np.errstate(over="ignore"):
+        survivors = (mass - np.exp(-survival * queued) * tilted_mass) / np.expm1(survival)
+    total: Array = queued * mass + moment - survivors
+    return total
+
+
+def _strided_sum(window: _Window) -> Array:
+    # Very wide windows (sd in the dozens): the pmf is smooth on the scale of the stride, so the
+    # midpoint rule on 512 points is accurate to far better than the goal needs.
+    trials, q, first, width, headroom, survival = window
+    points = _WINDOW_BLOCKS[-1]
+    stride = np.ceil(width / points)
+    offsets = np.arange(points, dtype=np.float64)
+    k = first[:, None] + offsets * stride[:, None] + (stride[:, None] - 1.0) / 2.0
+    inside = k <= (first + width - 1.0)[:, None]
+    log_pmf = _log_binomial_pmf(np.minimum(k, trials[:, None]), trials[:, None], q[:, None])
+    weight = np.where(inside, np.exp(log_pmf) * stride[:, None], 0.0)
+    abandonments = queue_abandonments(k - headroom[:, None], survival[:, None])
+    total: Array = np.einsum("ij,ij->i", weight, abandonments)
+    return total
+
+
+def super_progressive_budget(
+    *,
+    headroom: Array,
+    pending: Array,
+    accept_probability: Array,
+    survival: Array,
+    allowance: Array,
+    cap: Array,
+    interpolate: bool,
+) -> Array:
+    """The budget x ∈ [0, cap] of §4.4, before rounding, for every row.
+
+    ``headroom`` is c = F − Q, ``pending`` P (non-negative integers), ``survival`` a = −log r,
+    ``allowance`` g' = goal · e^β and ``cap`` the per-target maximum (non-negative integers).
+    The result is the integer n*; with ``interpolate`` it is n* plus the fraction of the next
+    invitation at which the slack, linear between n* and n* + 1, reaches zero, which the
+    fractional carry turns into a rate below one invitation per cycle (§2).
+    """
+    budget = np.zeros(len(headroom))
+    with np.errstate(all="ignore"):
+        finite = (
+            np.isfinite(headroom)
+            & np.isfinite(pending)
+            & np.isfinite(accept_probability)
+            & np.isfinite(survival)
+            & np.isfinite(allowance)
+            & np.isfinite(cap)
+        )
+        # Each acceptance costs at most one abandonment (S' ≤ 1), so E_ab(n) ≤ q·(P + n): with
+        # g' ≥ 1 nothing can violate the goal.
+        unbounded = finite & (allowance >= 1.0)
+        budget[unbounded] = cap[unbounded]
+        todo = np.flatnonzero(finite & ~unbounded & (cap > 0))
+        if todo.size:
+            problem = _Problem(
+                headroom=headroom[todo],
+                pending=pending[todo],
+                q=np.clip(accept_probability[todo], 0.0, _Q_MAX),
+                survival=survival[todo],
+                allowance=allowance[todo],
+                cap=cap[todo],
+            )
+            budget[todo] = _solve(problem, interpolate=interpolate)
+    budget = np.nan_to_num(budget, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(budget, 0.0, np.maximum(cap, 0.0))
+
+
+class _Problem:
+    """The constants of the rows being solved, and the slack and its cheap bounds at (row, n)."""
+
+    def __init__(
+        self,
+        *,
+        headroom: Array,
+        pending: Array,
+        q: Array,
+        survival: Array,
+        allowance: Array,
+        cap: Array,
+    ) -> None:
+        self.headroom = headroom
+        self.pending = pending
+        self.q = q
+        self.survival = survival
+        self.allowance = allowance
+        self.cap = cap
+        self.baseline = queue_abandonments(np.maximum(-headroom, 0.0), survival)  # φ(0)
+
+    def slack(self, rows: NDArray[np.intp], n: Array) -> Array:
+        """g'·q·(P + n) − E_ab(n), exactly."""
+        trials = self.pending[rows] + n
+        expected = expected_queue_abandonments(
+            trials, self.q[rows], self.headroom[rows], self.survival[rows]
+        )
+        return self.allowance[rows] * self.q[rows] * trials - (expected - self.baseline[rows])
+
+    def surely_infeasible(self, rows: NDArray[np.intp], n: Array) -> NDArray[np.bool_]:
+        """True where Jensen's inequality E[φ(K)] ≥ φ(E[K]) already proves slack(n) < 0."""
+        mean = self.q[rows] * (self.pending[rows] + n)
+        lower = queue_abandonments(np.maximum(mean - self.headroom[rows], 0.0), self.survival[rows])
+        return bool_array(lower - self.baseline[rows] > self.allowance[rows] * mean)
+
+    def surely_feasible(self, rows: NDArray[np.intp], n: Array) -> NDArray[np.bool_]:
+        """True where an upper bound on E_ab(n) already proves slack(n) ≥ 0.
+
+        φ is convex, so it lies under its chord over the support: for c ≥ 0,
+        φ(k) ≤ s·(k − c)⁺ with s = S(M − c)/(M − c), and E[(K − c)⁺] is at most
+        ((μ − c) + √(σ² + (μ − c)²))/2 for any law of mean μ and variance σ²; for c < 0,
+        φ(k) ≤ φ(0) + (φ(M) − φ(0))·k/M.
+        """
+        c = self.headroom[rows]
+        q = self.q[rows]
+        trials = self.pending[rows] + n
+        mean = q * trials
+        excess = np.maximum(trials - c, 0.0)
+        top = queue_abandonments(excess, self.survival[rows])  # φ(M)
+        beyond = mean - c
+        tail = 0.5 * (beyond + np.sqrt(trials * q * (1.0 - q) + beyond * beyond))
+        bound = np.where(
+            c >= 0,
+            np.where(excess > 0, top / excess * tail, 0.0),
+            (top - self.baseline[rows]) / trials * mean,
+        )
+        return bool_array(bound <= self.allowance[rows] * mean)
+
+
+def _solve(problem: _Problem, *, interpolate: bool) -> Array:
+    """Budgets for the rows of ``problem`` (see super_progressive_budget)."""
+    everyone = np.arange(problem.cap.size)
+    pending, cap = problem.pending, problem.cap
+    # Lower end. While every pending and new invitation could be accepted without queueing
+    # anybody (P + n ≤ c) E_ab = 0; with nothing pending, E_ab(0) = 0. Either way n is feasible.
+    fits = problem.headroom >= pending
+    low = np.where(fits, np.minimum(np.floor(problem.headroom - pending), cap), 0.0)
+    low_slack = np.where(
+        fits | (pending == 0), problem.allowance * problem.q * (pending + low), np.nan
+    )
+    proven = ~np.isnan(low_slack)
+    # The pending invitations alone may already break the goal; Jensen shows most such rows.
+    hopeless = ~proven & problem.surely_infeasible(everyone, low)
+    # Cheap bounds narrow the bracket before any binomial sum is taken.
+    raised = _last_true(problem.surely_feasible, everyone, low, cap + 1.0)
+    moved = raised > low
+    low = np.where(moved, raised, low)
+    low_slack[moved] = np.nan
+    proven |= moved
+    high = _last_true(lambda rows, n: ~problem.surely_infeasible(rows, n), everyone, low, cap + 1.0)
+    high += 1.0  # the first n Jensen proves infeasible, or the sentinel cap + 1
+    high_slack = np.full(cap.size, np.nan)
+
+    # Bisection on the exact slack; finished rows drop out.
+    active = np.flatnonzero(~hopeless & (high - low > 1))
+    while active.size:
+        middle = np.floor((low[active] + high[active]) / 2.0)
+        value = problem.slack(active, middle)
+        feasible = value >= 0
+        low[active[feasible]] = middle[feasible]
+        low_slack[active[feasible]] = value[feasible]
+        proven[active[feasible]] = True
+        high[active[~feasible]] = middle[~feasible]
+        high_slack[active[~feasible]] = value[~feasible]
+        active = active[high[active] - low[active] > 1]
+
+    # What is still unknown, in one last round: whether n = 0 is feasible at all where nothing
+    # proved it, and the slack at both ends of the bracket where the fraction needs it.
+    inside = ~hopeless & (high <= cap)
+    need_low = ~hopeless & np.isnan(low_slack) & (~proven | (interpolate & inside))
+    need_high = interpolate & inside & np.isnan(high_slack)
+    rows = np.concatenate([np.flatnonzero(need_low), np.flatnonzero(need_high)])
+    if rows.size:
+        at = np.concatenate([low[need_low], high[need_high]])
+        values = problem.slack(rows, at)
+        count = int(need_low.sum())
+        low_slack[rows[:count]] = values[:count]
+        high_slack[rows[count:]] = values[count:]
+
+    result = low.copy()
+    if interpolate:
+        fraction = low_slack / (low_slack - high_slack)
+        usable = inside & (low_slack >= 0) & np.isfinite(fraction)
+        result[usable] += np.clip(fraction[usable], 0.0, 1.0 - 1e-9)
+    result[hopeless | (low_slack < 0)] = 0.0
+    return result
+
+
+def _last_true(probe: _Probe, rows: NDArray[np.intp], low: Array, high: Array) -> Array:
+    """Per row, the last n in [low, high) where ``probe`` holds, by bisection on cheap bounds.
+
+    ``probe(low)`` is taken as true and ``high`` is never probed (it may be a sentinel). Where
+    ``probe`` is not monotone the answer is still a point where it holds, or ``low``.
+    """
+    low = low.copy()
+    high = high.copy()
+    active = np.flatnonzero(high - low > 1)
+    while active.size:
+        middle = np.floor((low[active] + high[active]) / 2.0)
+        holds = probe(rows[active], middle)
+        low[active[holds]] = middle[holds]
+        high[active[~holds]] = middle[~holds]
+        active = active[high[active] - low[active] > 1]
+    return low
+
+
+def bool_array(values: object) -> NDArray[np.bool_]:
+    """``values`` as a boolean array (keeps mypy's view of comparisons precise)."""
+    return np.asarray(values, dtype=bool)

@@ -1,0 +1,258 @@
+"""Pure pieces of one cycle: shard rows, merge, change detection, channel sums, payload.
+
+A shard's result travels through the Redis result backend twice (its own key and the chord's
+join set) and then inside the body's message, so it is columnar: one JSON list per field, not a
+dict per target. That keeps 10,000 targets to a few hundred kilobytes instead of megabytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pacing.domain import Reason
+
+REACTIVE_DECIMALS = 4  # reactive_state is published with this precision; changes below it are noise
+
+_REASON_LABELS = [reason.label for reason in Reason]
+
+
+class IncompleteCycle(Exception):
+    """The chord delivered a wrong set of shards; the cycle must not publish."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRows:
+    """One shard's decisions, columnar and JSON-able (what ``pacing.pace_shard`` returns)."""
+
+    shard: int
+    seq: int
+    ids: list[str]
+    channel: list[str]
+    budget: list[int]
+    reactive: list[float]
+    reason: list[int]
+    ready: list[int | None]
+    busy: list[int | None]
+    waiting: list[int | None]
+    fetch_ms: float
+    pace_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard,
+            "seq": self.seq,
+            "ids": self.ids,
+            "channel": self.channel,
+            "budget": self.budget,
+            "reactive": self.reactive,
+            "reason": self.reason,
+            "ready": self.ready,
+            "busy": self.busy,
+            "waiting": self.waiting,
+            "fetch_ms": self.fetch_ms,
+            "pace_ms": self.pace_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ShardRows:
+        return cls(**{name: data[name] for name in cls.__slots__})
+
+
+def optional_ints(values: NDArray[np.float64]) -> list[int | None]:
+    """Float inputs (NaN where unknown) as JSON-able ints or None."""
+    return [None if math.isnan(v) else int(v) for v in values.tolist()]
+
+
+@dataclass(frozen=True, slots=True)
+class MergedCycle:
+    """Every shard of a cycle joined, in shard order."""
+
+    ids: list[str]
+    channel: list[str]
+    budget: NDArray[np.int64]
+    reactive: NDArray[np.float64]
+    reason: NDArray[np.int8]
+    ready: list[int | None]
+    busy: list[int | None]
+    waiting: list[int | None]
+    fetch_ms: float  # slowest shard: the critical path
+    pace_ms: float
+
+    @property
+    def error_count(self) -> int:
+        return int(np.count_nonzero(self.reason >= Reason.STALE))
+
+
+def merge_shards(
+    results: Sequence[Mapping[str, Any]], *, seq: int, shard_count: int
+) -> MergedCycle:
+    """Join the header results; every shard ``0..shard_count-1`` exactly once, all of ``seq``.
+
+    A duplicate delivery of the same shard (redelivery after a worker loss) is dropped; a missing
+    or foreign shard raises :class:`IncompleteCycle` (design.md §2.2).
+    """
+    by_shard: dict[int, ShardRows] = {}
+    for raw in results:
+        rows = ShardRows.from_json(raw)
+        if rows.seq != seq:
+            raise IncompleteCycle(f"shard {rows.shard} belongs to cycle {rows.seq}, not {seq}")
+        by_shard.setdefault(rows.shard, rows)
+    missing = sorted(set(range(shard_count)) - by_shard.keys())
+    extra = sorted(by_shard.keys() - set(range(shard_count)))
+    if missing or extra:
+        raise IncompleteCycle(f"shards missing {missing[:10]}, unexpected {extra[:10]}")
+    ordered = [by_shard[i] for i in range(shard_count)]
+    return MergedCycle(
+        ids=[tid for rows in ordered for tid in rows.ids],
+        channel=[ch for rows in ordered for ch in rows.channel],
+        budget=np.fromiter((b for rows in ordered for b in rows.budget), dtype=np.int64),
+        reactive=np.fromiter((r for rows in ordered for r in rows.reactive), dtype=np.float64),
+        reason=np.fromiter((r for rows in ordered for r in rows.reason), dtype=np.int8),
+        ready=[v for rows in ordered for v in rows.ready],
+        busy=[v for rows in ordered for v in rows.busy],
+        waiting=[v for rows in ordered for v in rows.waiting],
+        fetch_ms=max((rows.fetch_ms for rows in ordered), default=0.0),
+        pace_ms=max((rows.pace_ms for rows in ordered), default=0.0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The decisions a receiver acknowledged at ``seq``: the base of the next delta."""
+
+    seq: int
+    epoch: int
+    decisions: dict[str, tuple[int, float, int]]  # id → (budget, reactive_state, reason)
+
+    def to_json(self) -> dict[str, Any]:
+        ids = list(self.decisions)
+        values = list(self.decisions.values())
+        return {
+            "seq": self.seq,
+            "epoch": self.epoch,
+            "ids": ids,
+            "budget": [v[0] for v in values],
+            "reactive": [v[1] for v in values],
+            "reason": [v[2] for v in values],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Snapshot:
+        return cls(
+            seq=int(data["seq"]),
+            epoch=int(data["epoch"]),
+            decisions={
+                tid: (int(b), float(r), int(c))
+                for tid, b, r, c in zip(
+                    data["ids"], data["budget"], data["reactive"], data["reason"], strict=True
+                )
+            },
+        )
+
+    @classmethod
+    def of(cls, merged: MergedCycle, *, seq: int, epoch: int) -> Snapshot:
+        return cls(
+            seq=seq,
+            epoch=epoch,
+            decisions=dict(
+                zip(
+                    merged.ids,
+                    zip(
+                        merged.budget.tolist(),
+                        merged.reactive.tolist(),
+                        merged.reason.tolist(),
+                        strict=True,
+                    ),
+                    strict=True,
+                )
+            ),
+        )
+
+
+def changed_since(merged: MergedCycle, base: Snapshot | None) -> NDArray[np.bool_]:
+    """Mask of targets whose (budget, reactive state, reason) differs from ``base``."""
+    if base is None:
+        return np.ones(len(merged.ids), dtype=np.bool_)
+    previous = base.decisions
+    current = zip(
+        merged.budget.tolist(), merged.reactive.tolist(), merged.reason.tolist(), strict=True
+    )
+    return np.fromiter(
+        (previous.get(tid) != decision for tid, decision in zip(merged.ids, current, strict=True)),
+        dtype=np.bool_,
+        count=len(merged.ids),
+    )
+
+
+def can_send_delta(merged: MergedCycle, base: Snapshot | None) -> bool:
+    """A delta can only add or change targets; a removed target needs a full snapshot."""
+    return base is not None and base.decisions.keys() <= set(merged.ids)
+
+
+def channel_sums(merged: MergedCycle) -> dict[str, dict[str, int]]:
+    """Per channel: sums of proactive budget and ready capacity, and the target count."""
+    sums: dict[str, dict[str, int]] = {}
+    for channel, budget, ready in zip(
+        merged.channel, merged.budget.tolist(), merged.ready, strict=True
+    ):
+        entry = sums.setdefault(
+            channel, {"proactive_budget": 0, "ready_capacity": 0, "target_count": 0}
+        )
+        entry["proactive_budget"] += budget
+        entry["ready_capacity"] += ready or 0
+        entry["target_count"] += 1
+    return sums
+
+
+def build_payload(
+    merged: MergedCycle,
+    *,
+    seq: int,
+    epoch: int,
+    generated_at: float,
+    refresh_period_seconds: float,
+    channels: Mapping[str, Mapping[str, int]],
+    base_seq: int | None,
+    include: NDArray[np.bool_] | None,
+) -> dict[str, Any]:
+    """The body of ``POST /v1/pacing`` (docs/contracts.md §2): full when ``base_seq`` is None."""
+    rows = range(len(merged.ids)) if include is None else np.flatnonzero(include).tolist()
+    budget = merged.budget.tolist()
+    reactive = merged.reactive.tolist()
+    reason = merged.reason.tolist()
+    targets = [
+        {
+            "id": merged.ids[i],
+            "channel": merged.channel[i],
+            "proactive_budget": budget[i],
+            "reactive_state": reactive[i],
+            "ready_capacity": merged.ready[i] or 0,
+            "reason": _REASON_LABELS[reason[i]],
+        }
+        for i in rows
+    ]
+    payload: dict[str, Any] = {
+        "seq": seq,
+        "epoch": epoch,
+        "generated_at": round(generated_at, 3),
+        "refresh_period_ms": round(refresh_period_seconds * 1000),
+        "kind": "full" if base_seq is None else "delta",
+        "targets": targets,
+        "channels": {
+            name: {"proactive_budget": c["proactive_budget"], "ready_capacity": c["ready_capacity"]}
+            for name, c in channels.items()
+        },
+    }
+    if base_seq is not None:
+        payload["base_seq"] = base_seq
+    return payload
+
+
+def reason_label(code: int) -> str:
+    return _REASON_LABELS[code]

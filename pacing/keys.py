@@ -1,0 +1,88 @@
+"""Names of every Redis key the service uses, under one configurable prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Redis key names; ``prefix`` lets several clusters (or test runs) share one Redis."""
+
+    prefix: str = "pacing"
+
+    @property
+    def lease(self) -> str:
+        """``"<epoch>:<node>"`` of the leader, with the lease TTL."""
+        return f"{self.prefix}:lease"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}:seq"
+
+    @property
+    def inflight(self) -> str:
+        """``"<epoch>:<seq>"`` of the cycle in flight, expiring at its deadline."""
+        return f"{self.prefix}:inflight"
+
+    @property
+    def last_leader(self) -> str:
+        return f"{self.prefix}:last_leader"
+
+    @property
+    def published_seq(self) -> str:
+        """The fence: the highest seq ever allowed to publish."""
+        return f"{self.prefix}:published_seq"
+
+    @property
+    def counters(self) -> str:
+        """Hash of cluster-wide counters (overruns, cycles published, …)."""
+        return f"{self.prefix}:counters"
+
+    @property
+    def last_publish(self) -> str:
+        """Hash describing the last acknowledged publish (seq, epoch, at, kind, bytes)."""
+        return f"{self.prefix}:last_publish"
+
+    @property
+    def last_cycle(self) -> str:
+        """Hash describing the last finished cycle (published or not)."""
+        return f"{self.prefix}:last_cycle"
+
+    @property
+    def snapshot(self) -> str:
+        """The decisions the receiver acknowledged last (the base of the next delta)."""
+        return f"{self.prefix}:snapshot"
+
+    @property
+    def force_full(self) -> str:
+        """Set after a 409 base_mismatch: the next publish must be a full snapshot."""
+        return f"{self.prefix}:force_full"
+
+    @property
+    def state(self) -> str:
+        """Hash: target id → packed float64 pacing state."""
+        return f"{self.prefix}:state"
+
+    @property
+    def feedback(self) -> str:
+        """Hash: target id → packed engagement feedback counters."""
+        return f"{self.prefix}:feedback"
+
+    @property
+    def targets(self) -> str:
+        """The enabled targets as last read from the history database (fallback copy)."""
+        return f"{self.prefix}:targets"
+
+    def audit(self, seq: int) -> str:
+        """The audit record of cycle ``seq`` waiting to be written to the history database."""
+        return f"{self.prefix}:audit:{seq}"
+
+    @property
+    def audit_pending(self) -> str:
+        """Sorted set of seqs whose audit record is not in the database yet (score: time)."""
+        return f"{self.prefix}:audit:pending"

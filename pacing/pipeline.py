@@ -1,0 +1,512 @@
+"""The work of one cycle, stage by stage, as plain functions (Celery only calls them).
+
+``tasks`` wraps each stage in a task; the benchmark's single-process baseline calls the very same
+functions in a loop. Each stage takes its clients and clock as arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pacing import algorithms
+from pacing.algorithms import PacingInputs, PacingParameters, PacingTargets
+from pacing.cycle import (
+    REACTIVE_DECIMALS,
+    IncompleteCycle,
+    MergedCycle,
+    ShardRows,
+    Snapshot,
+    build_payload,
+    can_send_delta,
+    changed_since,
+    channel_sums,
+    merge_shards,
+    optional_ints,
+    reason_label,
+)
+from pacing.domain import (
+    Algorithm,
+    Objective,
+    Reason,
+    StatisticsError,
+    TargetConfig,
+    TargetStatistics,
+)
+from pacing.engagement import encode_payload
+from pacing.errors import (
+    DeltaBaseMismatch,
+    EngagementRejected,
+    EngagementUnavailable,
+    InvalidResponse,
+    StaleSequence,
+    StatServerUnavailable,
+)
+from pacing.history.repository import ChannelTotal, CycleRecord, DecisionRow
+from pacing.leadership import FenceVerdict
+from pacing.services import Services
+from pacing.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+AUDIT_RETENTION_SECONDS = 7 * 24 * 3600  # an audit record waits this long for the database
+PUBLISH_RETRY_PAUSE_SECONDS = 0.2
+
+_STAT_FIELDS = (
+    "agents_ready",
+    "agents_busy",
+    "interactions_waiting",
+    "aht_seconds",
+    "answered_total",
+    "abandoned_total",
+    "reactive_arrivals_total",
+)
+
+
+def pacing_parameters(settings: Settings) -> PacingParameters:
+    return PacingParameters(
+        refresh_period_seconds=settings.refresh_period_seconds,
+        prior_accept_probability=settings.prior_accept_probability,
+        prior_resolve_delay_seconds=settings.prior_resolve_delay_seconds,
+        prior_handle_time_seconds=settings.prior_handle_time_seconds,
+        prior_patience_seconds=settings.prior_patience_seconds,
+    )
+
+
+# --- shards -------------------------------------------------------------------------------
+
+
+def split_into_shards(targets: Sequence[TargetConfig], shard_size: int) -> list[list[list[Any]]]:
+    """Targets as compact JSON rows, ``shard_size`` per shard (the chord header's arguments)."""
+    rows = [
+        [
+            t.target_id,
+            t.channel,
+            t.algorithm.value,
+            t.objective.value,
+            t.goal_percent,
+            t.proactive_ratio,
+            t.max_budget,
+        ]
+        for t in targets
+    ]
+    return [rows[i : i + shard_size] for i in range(0, len(rows), shard_size)]
+
+
+def decode_shard_targets(rows: Sequence[Sequence[Any]]) -> list[TargetConfig]:
+    return [
+        TargetConfig(
+            target_id=str(tid),
+            channel=str(channel),
+            algorithm=Algorithm(algorithm),
+            objective=Objective(objective),
+            goal_percent=int(goal),
+            proactive_ratio=float(ratio),
+            max_budget=int(max_budget),
+        )
+        for tid, channel, algorithm, objective, goal, ratio, max_budget in rows
+    ]
+
+
+def pace_shard(
+    services: Services, *, seq: int, shard: int, targets: Sequence[TargetConfig]
+) -> ShardRows:
+    """Fetch one shard's statistics, pace it and save its state. Never raises for a target."""
+    clock = services.clock
+    ids = [t.target_id for t in targets]
+    started = time.perf_counter()
+    try:
+        statistics: Mapping[str, TargetStatistics | StatisticsError] = services.stat_server.fetch(
+            ids
+        )
+    except StatServerUnavailable as error:
+        logger.warning(
+            "no Stat Server answered; shard paced as stale",
+            extra={"seq": seq, "shard": shard, "error": str(error)},
+        )
+        statistics = {
+            tid: StatisticsError(tid, Reason.STALE, "no Stat Server answered") for tid in ids
+        }
+    fetched = time.perf_counter()
+
+    state, feedback = services.state.load(ids, width=algorithms.STATE_WIDTH)
+    inputs = _inputs(ids, statistics, feedback)
+    result = algorithms.pace(
+        inputs,
+        PacingTargets.from_configs(targets),
+        state,
+        parameters=pacing_parameters(services.settings),
+        now=clock(),
+    )
+    services.state.save(ids, result.state)
+    paced = time.perf_counter()
+    return ShardRows(
+        shard=shard,
+        seq=seq,
+        ids=ids,
+        channel=[t.channel for t in targets],
+        budget=result.proactive_budget.tolist(),
+        reactive=np.round(result.reactive_state, REACTIVE_DECIMALS).tolist(),
+        reason=result.reason.tolist(),
+        ready=optional_ints(inputs.agents_ready),
+        busy=optional_ints(inputs.agents_busy),
+        waiting=optional_ints(inputs.interactions_waiting),
+        fetch_ms=(fetched - started) * 1000,
+        pace_ms=(paced - fetched) * 1000,
+    )
+
+
+def failed_shard(*, seq: int, shard: int, targets: Sequence[TargetConfig]) -> ShardRows:
+    """Error rows for a whole shard whose processing failed unexpectedly: budget 0 each."""
+    n = len(targets)
+    return ShardRows(
+        shard=shard,
+        seq=seq,
+        ids=[t.target_id for t in targets],
+        channel=[t.channel for t in targets],
+        budget=[0] * n,
+        reactive=[1.0] * n,
+        reason=[int(Reason.ERROR)] * n,
+        ready=[None] * n,
+        busy=[None] * n,
+        waiting=[None] * n,
+        fetch_ms=0.0,
+        pace_ms=0.0,
+    )
+
+
+def _inputs(
+    ids: Sequence[str],
+    statistics: Mapping[str, TargetStatistics | StatisticsError],
+    feedback: np.ndarray[Any, np.dtype[np.float64]],
+) -> PacingInputs:
+    n = len(ids)
+    columns = {name: np.full(n, math.nan) for name in _STAT_FIELDS}
+    reason = np.zeros(n, dtype=np.int8)
+    for i, tid in enumerate(ids):
+        row = statistics.get(tid)
+        if isinstance(row, TargetStatistics):
+            for name in _STAT_FIELDS:
+                columns[name][i] = getattr(row, name)
+        else:
+            reason[i] = row.reason if row is not None else Reason.UNKNOWN_TARGET
+    return PacingInputs(
+        **columns,
+        offers_sent_total=feedback[:, 0].copy(),
+        offers_accepted_total=feedback[:, 1].copy(),
+        offers_resolved_total=feedback[:, 2].copy(),
+        offers_pending=feedback[:, 3].copy(),
+        input_reason=reason,
+    )
+
+
+# --- publish --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CycleContext:
+    """What travels with every task of one cycle."""
+
+    seq: int
+    epoch: int
+    node: str
+    started_at: float  # Unix seconds
+    shard_count: int
+    new_leader: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "epoch": self.epoch,
+            "node": self.node,
+            "started_at": self.started_at,
+            "shard_count": self.shard_count,
+            "new_leader": self.new_leader,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CycleContext:
+        return cls(**{name: data[name] for name in cls.__slots__})
+
+
+def publish_cycle(
+    services: Services,
+    results: Sequence[Mapping[str, Any]],
+    context: CycleContext,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CycleRecord:
+    """Merge, fence, publish and stage the audit record of one cycle (design.md §2).
+
+    Returns the audit record, already stored in Redis for ``pacing.record_cycle``.
+    """
+    settings, clock, keys = services.settings, services.clock, services.keys
+    deadline = context.started_at + settings.cycle_deadline
+    merge_started = time.perf_counter()
+    try:
+        merged = merge_shards(results, seq=context.seq, shard_count=context.shard_count)
+    except IncompleteCycle as error:
+        logger.error(
+            "cycle abandoned: %s", error, extra={"seq": context.seq, "epoch": context.epoch}
+        )
+        record = _record(context, status="abandoned", error=str(error), clock=clock)
+        return _finish(services, context, record)
+
+    previous = _load_snapshot(services)
+    full = (
+        context.new_leader
+        or previous is None
+        or previous.snapshot.epoch != context.epoch
+        or context.seq - previous.full_seq >= settings.full_snapshot_every
+        or services.redis.delete(keys.force_full) > 0
+        or not can_send_delta(merged, previous.snapshot)
+    )
+    changed = changed_since(merged, previous.snapshot if previous else None)
+    channels = channel_sums(merged)
+    payload = build_payload(
+        merged,
+        seq=context.seq,
+        epoch=context.epoch,
+        generated_at=clock(),
+        refresh_period_seconds=settings.refresh_period_seconds,
+        channels=channels,
+        base_seq=None if full or previous is None else previous.snapshot.seq,
+        include=None if full else changed,
+    )
+    body = encode_payload(payload)
+    merge_ms = (time.perf_counter() - merge_started) * 1000
+
+    rows = np.ones(len(merged.ids), dtype=np.bool_) if full else changed
+
+    def record_for(status: str, error: str | None, publish_ms: float | None) -> CycleRecord:
+        published = status in ("published", "in_doubt")
+        return _record(
+            context,
+            status=status,
+            error=error,
+            clock=clock,
+            merged=merged,
+            decisions=_decision_rows(merged, rows) if published else [],
+            channels=channels,
+            changed_count=int(np.count_nonzero(changed)),
+            payload_kind=payload["kind"] if published else "none",
+            payload_bytes=len(body),
+            merge_ms=merge_ms,
+            publish_ms=publish_ms,
+        )
+
+    # Staged before the POST: if this process dies after the receiver took the cycle, the
+    # audit sweeper still writes it (as "in_doubt"), so no published cycle lacks its row.
+    stage_audit(services, record_for("in_doubt", "the publishing worker stopped", None))
+    publish_started = time.perf_counter()
+    status, failure = _fenced_post(services, context, body=body, deadline=deadline, sleep=sleep)
+    publish_ms = (time.perf_counter() - publish_started) * 1000
+    if status == "published":
+        snapshot = Snapshot.of(merged, seq=context.seq, epoch=context.epoch)
+        full_seq = context.seq if full else previous.full_seq if previous else context.seq
+        services.redis.set(
+            keys.snapshot, orjson.dumps({**snapshot.to_json(), "full_seq": full_seq})
+        )
+        services.redis.hset(
+            keys.last_publish,
+            mapping={
+                "seq": context.seq,
+                "epoch": context.epoch,
+                "node": context.node,
+                "at": clock(),
+                "kind": payload["kind"],
+                "bytes": len(body),
+                "targets": len(payload["targets"]),
+            },
+        )
+        services.leadership.count("cycles_published")
+    return _finish(services, context, record_for(status, failure, publish_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class _Previous:
+    snapshot: Snapshot
+    full_seq: int
+
+
+def _load_snapshot(services: Services) -> _Previous | None:
+    raw = services.redis.get(services.keys.snapshot)
+    if not raw:
+        return None
+    data = orjson.loads(raw)
+    return _Previous(Snapshot.from_json(data), int(data.get("full_seq", 0)))
+
+
+def _fenced_post(
+    services: Services,
+    context: CycleContext,
+    *,
+    body: bytes,
+    deadline: float,
+    sleep: Callable[[float], None],
+) -> tuple[str, str | None]:
+    """Claim the fence, then POST until acknowledged or the cycle's deadline passes."""
+    extra = {"seq": context.seq, "epoch": context.epoch}
+    verdict = services.leadership.claim_publish(epoch=context.epoch, seq=context.seq)
+    if verdict is FenceVerdict.DEPOSED:
+        logger.warning("not publishing: this cycle's leader was deposed", extra=extra)
+        return "fenced", "epoch is no longer the lease's epoch"
+    if verdict is FenceVerdict.SUPERSEDED:
+        logger.warning("not publishing: a newer cycle already published", extra=extra)
+        return "fenced", "a newer seq already claimed the publish"
+    while True:
+        try:
+            ack = services.engagement.publish(seq=context.seq, body=body)
+        except EngagementUnavailable as error:
+            if services.clock() + PUBLISH_RETRY_PAUSE_SECONDS >= deadline:
+                logger.warning("publish failed until the deadline: %s", error, extra=extra)
+                return "failed", _short(error)
+            sleep(PUBLISH_RETRY_PAUSE_SECONDS)
+            continue
+        except DeltaBaseMismatch as error:
+            services.redis.set(services.keys.force_full, 1)
+            logger.info("receiver lacks the delta base; next publish is full", extra=extra)
+            return "base_mismatch", _short(error)
+        except StaleSequence as error:
+            if error.last_seq == context.seq:
+                # an earlier attempt of this very cycle arrived (its answer timed out)
+                return "published", None
+            return "stale_seq", _short(error)
+        except (EngagementRejected, InvalidResponse) as error:
+            logger.error("publish rejected: %s", error, extra=extra)
+            return "failed", _short(error)
+        services.state.save_feedback(ack.feedback)
+        return "published", None
+
+
+def _decision_rows(
+    merged: MergedCycle, rows: np.ndarray[Any, np.dtype[np.bool_]]
+) -> list[DecisionRow]:
+    budget = merged.budget.tolist()
+    reactive = merged.reactive.tolist()
+    reason = merged.reason.tolist()
+    return [
+        DecisionRow(
+            target_id=merged.ids[i],
+            proactive_budget=budget[i],
+            reactive_state=reactive[i],
+            reason=reason_label(reason[i]),
+            agents_ready=merged.ready[i],
+            agents_busy=merged.busy[i],
+            interactions_waiting=merged.waiting[i],
+        )
+        for i in np.flatnonzero(rows).tolist()
+    ]
+
+
+def _record(
+    context: CycleContext,
+    *,
+    status: str,
+    error: str | None,
+    clock: Callable[[], float],
+    merged: MergedCycle | None = None,
+    decisions: Sequence[DecisionRow] = (),
+    channels: Mapping[str, Mapping[str, int]] | None = None,
+    changed_count: int = 0,
+    payload_kind: str = "none",
+    payload_bytes: int = 0,
+    merge_ms: float | None = None,
+    publish_ms: float | None = None,
+) -> CycleRecord:
+    return CycleRecord(
+        seq=context.seq,
+        epoch=context.epoch,
+        node=context.node,
+        started_at=datetime.fromtimestamp(context.started_at, UTC),
+        published_at=datetime.fromtimestamp(clock(), UTC) if status == "published" else None,
+        fetch_ms=merged.fetch_ms if merged else None,
+        pace_ms=merged.pace_ms if merged else None,
+        merge_ms=merge_ms,
+        publish_ms=publish_ms,
+        target_count=len(merged.ids) if merged else 0,
+        changed_count=changed_count,
+        error_count=merged.error_count if merged else 0,
+        payload_kind=payload_kind,
+        payload_bytes=payload_bytes,
+        publish_status=status,
+        error=error,
+        decisions=list(decisions),
+        channels=[
+            ChannelTotal(
+                channel=name,
+                proactive_budget=c["proactive_budget"],
+                ready_capacity=c["ready_capacity"],
+                target_count=c["target_count"],
+            )
+            for name, c in (channels or {}).items()
+        ],
+    )
+
+
+def _finish(services: Services, context: CycleContext, record: CycleRecord) -> CycleRecord:
+    """Stage the audit record in Redis, note the outcome and let the next cycle start."""
+    keys, clock = services.keys, services.clock
+    latency_ms = (clock() - context.started_at) * 1000
+    stage_audit(services, record)
+    pipe = services.redis.pipeline(transaction=False)
+    pipe.hset(
+        keys.last_cycle,
+        mapping={
+            "seq": context.seq,
+            "epoch": context.epoch,
+            "status": record.publish_status,
+            "latency_ms": round(latency_ms, 1),
+            "targets": record.target_count,
+            "error_rows": record.error_count,
+            "at": clock(),
+        },
+    )
+    pipe.execute()
+    services.leadership.finish_cycle(epoch=context.epoch, seq=context.seq)
+    logger.info(
+        "cycle %s %s in %.0f ms (%d targets, %d changed, %d error rows)",
+        context.seq,
+        record.publish_status,
+        latency_ms,
+        record.target_count,
+        record.changed_count,
+        record.error_count,
+        extra={"seq": context.seq, "epoch": context.epoch},
+    )
+    return record
+
+
+def stage_audit(services: Services, record: CycleRecord) -> None:
+    """Keep ``record`` in Redis until ``pacing.record_cycle`` has written it to the database."""
+    pipe = services.redis.pipeline(transaction=True)
+    pipe.set(
+        services.keys.audit(record.seq), orjson.dumps(record.to_json()), ex=AUDIT_RETENTION_SECONDS
+    )
+    pipe.zadd(services.keys.audit_pending, {str(record.seq): services.clock()})
+    pipe.execute()
+
+
+def load_audit(services: Services, seq: int) -> CycleRecord | None:
+    """The staged audit record of ``seq``, or None if it was already written."""
+    raw = services.redis.get(services.keys.audit(seq))
+    return CycleRecord.from_json(orjson.loads(raw)) if raw else None
+
+
+def forget_audit(services: Services, seq: int) -> None:
+    pipe = services.redis.pipeline(transaction=True)
+    pipe.delete(services.keys.audit(seq))
+    pipe.zrem(services.keys.audit_pending, str(seq))
+    pipe.execute()
+
+
+def _short(error: Exception) -> str:
+    return str(error)[:300]

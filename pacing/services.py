@@ -1,0 +1,173 @@
+"""The clients one process needs, built from the settings (no Celery here).
+
+A worker builds one :class:`Services` per process after it forks (HTTP sessions, Redis
+connection pools and database engines must not be shared across a fork); the CLI builds one for
+its own commands. Everything is created lazily, so a process that never touches the database
+never connects to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import cached_property
+
+import orjson
+import redis
+import requests
+from requests.adapters import HTTPAdapter
+from sqlalchemy.engine import Engine
+
+from pacing.domain import Algorithm, Objective, TargetConfig
+from pacing.engagement import BearerToken, EngagementClient, OAuth2ClientCredentials
+from pacing.errors import HistoryUnavailable
+from pacing.history import repository
+from pacing.keys import Keys
+from pacing.leadership import Leadership
+from pacing.settings import Settings
+from pacing.stat_server import StatServerClient
+from pacing.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+TARGETS_CACHE_SECONDS = 10.0  # a target enabled with the CLI starts being paced within this time
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client with timeouts shorter than a cycle and dead-socket detection."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=5.0,
+        socket_connect_timeout=2.0,
+        health_check_interval=10,
+        retry_on_timeout=True,
+    )
+
+
+def http_session(pool_size: int = 16) -> requests.Session:
+    """A session that keeps connections alive between cycles (no TLS handshake per shard)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class Services:
+    """Lazily built clients for one process."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.keys = Keys(settings.key_prefix)
+        self._targets_lock = threading.Lock()
+        self._targets: list[TargetConfig] = []
+        self._targets_read_at = -float("inf")
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis_client(self.settings.effective_redis_url)
+
+    @cached_property
+    def leadership(self) -> Leadership:
+        return Leadership(self.redis, self.keys)
+
+    @cached_property
+    def state(self) -> StateStore:
+        return StateStore(self.redis, self.keys)
+
+    @cached_property
+    def stat_server(self) -> StatServerClient:
+        s = self.settings
+        return StatServerClient(
+            primary_url=s.stat_server_primary_url,
+            backup_url=s.stat_server_backup_url,
+            session=http_session(),
+            connect_timeout=s.http_connect_timeout_seconds,
+            read_timeout=s.http_read_timeout,
+            max_age_seconds=s.stats_max_age,
+            failback_seconds=s.stat_server_failback_seconds,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def engagement(self) -> EngagementClient:
+        s = self.settings
+        session = http_session(pool_size=2)
+        auth: BearerToken | OAuth2ClientCredentials
+        if s.auth_url is not None and s.client_id is not None and s.client_secret is not None:
+            auth = OAuth2ClientCredentials(
+                auth_url=s.auth_url,
+                client_id=s.client_id,
+                client_secret=s.client_secret.get_secret_value(),
+                session=session,
+                connect_timeout=s.http_connect_timeout_seconds,
+                read_timeout=s.http_read_timeout,
+                verify_tls=s.engagement_verify_tls,
+                clock=self.clock,
+            )
+        else:
+            token = s.engagement_token.get_secret_value() if s.engagement_token else ""
+            auth = BearerToken(token)
+        return EngagementClient(
+            engagement_url=s.engagement_url,
+            auth=auth,
+            session=session,
+            connect_timeout=s.http_connect_timeout_seconds,
+            read_timeout=s.http_read_timeout,
+            verify_tls=s.engagement_verify_tls,
+        )
+
+    @cached_property
+    def history(self) -> Engine:
+        return repository.create_history_engine(self.settings.database_url)
+
+    def enabled_targets(self) -> list[TargetConfig]:
+        """The enabled targets, re-read from the database at most every few seconds.
+
+        If the database is down, the copy kept in Redis by the last good read is used, so a
+        database outage never stops pacing.
+        """
+        now = self.clock()
+        with self._targets_lock:
+            if now - self._targets_read_at < TARGETS_CACHE_SECONDS:
+                return self._targets
+            try:
+                targets = repository.list_targets(self.history, enabled_only=True)
+                self.redis.set(self.keys.targets, _encode_targets(targets))
+            except HistoryUnavailable:
+                logger.warning("history database unavailable; pacing the targets kept in Redis")
+                raw = self.redis.get(self.keys.targets)
+                targets = _decode_targets(raw) if raw else self._targets
+            self._targets = targets
+            self._targets_read_at = now
+            return targets
+
+    def close(self) -> None:
+        """Release connections (for tests and the CLI)."""
+        for name in ("redis", "history"):
+            resource = self.__dict__.pop(name, None)
+            if isinstance(resource, redis.Redis):
+                resource.close()
+            elif isinstance(resource, Engine):
+                resource.dispose()
+
+
+def _encode_targets(targets: list[TargetConfig]) -> bytes:
+    return orjson.dumps([asdict(t) for t in targets])
+
+
+def _decode_targets(raw: bytes | str) -> list[TargetConfig]:
+    return [
+        TargetConfig(
+            **{
+                **item,
+                "algorithm": Algorithm(item["algorithm"]),
+                "objective": Objective(item["objective"]),
+            }
+        )
+        for item in orjson.loads(raw)
+    ]

@@ -1,0 +1,272 @@
+"""The one typed settings object of the service.
+
+Read once at start-up from environment variables prefixed ``PACING_`` and, optionally, a TOML
+file named by ``PACING_CONFIG_FILE`` (environment variables win). Nothing else in the project
+reads the environment. Invalid or unsafe values stop start-up with a
+:class:`~pacing.errors.ConfigurationError` whose message names the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from pacing.errors import ConfigurationError
+
+ENV_PREFIX = "PACING_"
+CONFIG_FILE_VARIABLE = "PACING_CONFIG_FILE"
+
+
+def _env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; see the README's settings reference."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # --- identity and mode -------------------------------------------------------------
+    node_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    # The defaults are a development stack on loopback (the built-in simulator, SQLite, local
+    # Redis); production deployments set PACING_ENVIRONMENT=production, which refuses clear-text
+    # engagement URLs, disabled TLS verification and missing credentials.
+    environment: Literal["development", "production"] = "development"
+
+    # --- the cycle ------------------------------------------------------------------------
+    refresh_period_seconds: float = Field(default=2.0, ge=0.2, le=60.0)
+    lease_ttl_seconds: float | None = Field(default=None, gt=0)  # None: 3 × refresh period
+    cycle_deadline_seconds: float | None = Field(default=None, gt=0)  # None: 2 × refresh period
+    shard_size: int = Field(default=250, ge=1, le=5000)
+    full_snapshot_every: int = Field(default=30, ge=1)
+    stats_max_age_seconds: float | None = Field(default=None, gt=0)  # None: 3 × refresh period
+    global_budget_cap: int | None = Field(default=None, ge=0)
+
+    # --- Stat Server gateway (input) --------------------------------------------------------
+    stat_server_primary_url: str = "http://127.0.0.1:8700/statserver/primary"
+    stat_server_backup_url: str | None = "http://127.0.0.1:8700/statserver/backup"
+    stat_server_failback_seconds: float = Field(default=30.0, ge=0)
+
+    # --- engagement platform (output) -------------------------------------------------------
+    engagement_url: str = "http://127.0.0.1:8700/engagement"
+    engagement_token: SecretStr | None = None
+    auth_url: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    engagement_verify_tls: bool = True
+
+    # --- HTTP ------------------------------------------------------------------------------
+    http_connect_timeout_seconds: float = Field(default=0.5, gt=0)
+    http_read_timeout_seconds: float | None = Field(default=None, gt=0)  # None: 0.6 × period
+
+    # --- Redis, Celery, database ------------------------------------------------------------
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str | None = None  # None: the broker URL
+    redis_url: str | None = None  # lease, seq, per-target state; None: the broker URL
+    key_prefix: str = Field(default="pacing", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    database_url: str = "sqlite:///var/pacing-history.db"
+    history_retention_days: int = Field(default=30, ge=1)
+    worker_concurrency: int | None = Field(default=None, ge=1)
+
+    # --- operators --------------------------------------------------------------------------
+    flower_basic_auth: SecretStr | None = None  # "user:password"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- algorithm priors ----------------------------------------------------------------
+    prior_accept_probability: float = Field(default=0.25, gt=0, le=1)
+    prior_resolve_delay_seconds: float = Field(default=10.0, gt=0)
+    prior_handle_time_seconds: float = Field(default=180.0, gt=0)
+    prior_patience_seconds: float = Field(default=60.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_VARIABLE)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    # --- derived values ----------------------------------------------------------------------
+    @property
+    def lease_ttl(self) -> float:
+        return self.lease_ttl_seconds or 3 * self.refresh_period_seconds
+
+    @property
+    def cycle_deadline(self) -> float:
+        return self.cycle_deadline_seconds or 2 * self.refresh_period_seconds
+
+    @property
+    def stats_max_age(self) -> float:
+        return self.stats_max_age_seconds or 3 * self.refresh_period_seconds
+
+    @property
+    def http_read_timeout(self) -> float:
+        return self.http_read_timeout_seconds or 0.6 * self.refresh_period_seconds
+
+    @property
+    def effective_result_backend(self) -> str:
+        return self.result_backend or self.broker_url
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or self.broker_url
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment == "development"
+
+    @cached_property
+    def sqlite_path(self) -> Path | None:
+        """The history file when the database is SQLite, else None."""
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix):
+            return Path(self.database_url[len(prefix) :])
+        return None
+
+    # --- cross-field rules ------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        period = self.refresh_period_seconds
+        if self.lease_ttl <= period:
+            _refuse(
+                "lease_ttl_seconds",
+                f"({self.lease_ttl:g}) must be longer than PACING_REFRESH_PERIOD_SECONDS "
+                f"({period:g}); set it to about 3 × the refresh period, e.g. {3 * period:g}",
+            )
+        if self.cycle_deadline < period:
+            _refuse(
+                "cycle_deadline_seconds",
+                f"({self.cycle_deadline:g}) must be at least the refresh period ({period:g}); "
+                f"set it to about 2 × the refresh period, e.g. {2 * period:g}",
+            )
+        if self.cycle_deadline > self.lease_ttl * 2:
+            _refuse(
+                "cycle_deadline_seconds",
+                f"({self.cycle_deadline:g}) must not exceed twice the lease TTL "
+                f"({self.lease_ttl:g}); lower it or raise PACING_LEASE_TTL_SECONDS",
+            )
+        if self.http_connect_timeout_seconds + self.http_read_timeout >= period * 2:
+            _refuse(
+                "http_read_timeout_seconds",
+                "plus the connect timeout must stay below two refresh periods so a slow server "
+                f"cannot stall the cycle; lower it below {max(period * 2 - 0.5, 0.1):g}",
+            )
+        for name in ("stat_server_primary_url", "stat_server_backup_url", "engagement_url"):
+            _check_http_url(name, getattr(self, name))
+        _check_http_url("auth_url", self.auth_url)
+        if not self.is_development:
+            for name in ("engagement_url", "auth_url"):
+                url = getattr(self, name)
+                if url is not None and urlsplit(url).scheme != "https":
+                    _refuse(
+                        name,
+                        "must use https:// outside development mode so credentials and pacing "
+                        "are not sent in clear text; use an https URL or set "
+                        "PACING_ENVIRONMENT=development on a test machine",
+                    )
+            if not self.engagement_verify_tls:
+                _refuse(
+                    "engagement_verify_tls",
+                    "may only be false in development mode; install the CA certificate instead",
+                )
+            if self.engagement_token is None and self.auth_url is None:
+                _refuse(
+                    "engagement_token",
+                    "or PACING_AUTH_URL with PACING_CLIENT_ID and PACING_CLIENT_SECRET is "
+                    "required outside development mode; set one of them",
+                )
+        if self.auth_url is not None and (self.client_id is None or self.client_secret is None):
+            _refuse(
+                "client_id",
+                "and PACING_CLIENT_SECRET are required when PACING_AUTH_URL is set; set both",
+            )
+        if self.flower_basic_auth is not None and ":" not in (
+            self.flower_basic_auth.get_secret_value()
+        ):
+            _refuse("flower_basic_auth", "must look like user:password; set it in that form")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to print: secrets masked, passwords hidden in URLs."""
+        result: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                result[name] = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, str) and "://" in value:
+                result[name] = redact_url(value)
+            else:
+                result[name] = value
+        return result
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+def _refuse(field: str, message: str) -> None:
+    raise ConfigurationError(f"{_env_name(field)} {message}.")
+
+
+def _check_http_url(field: str, url: str | None) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        _refuse(field, f"({redact_url(url)!r}) is not an http(s) URL; give a full URL")
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read the settings once; raise ConfigurationError with a one-sentence message if invalid."""
+    try:
+        return Settings(**dict(overrides or {}))
+    except ValidationError as error:
+        raise _explain(error) from None
+
+
+def _explain(error: ValidationError) -> ConfigurationError:
+    first = error.errors()[0]
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigurationError):  # raised by a cross-field rule above
+        return cause
+    field = ".".join(str(part) for part in first["loc"]) or "settings"
+    message = f"{_env_name(field)} is invalid: {first['msg']}; fix the value"
+    if field in _SECRET_FIELDS:  # never echo what was typed into a secret
+        return ConfigurationError(f"{message}.")
+    return ConfigurationError(f"{message} (got {first.get('input')!r:.60}).")
+
+
+_SECRET_FIELDS = frozenset(
+    name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)
+)

@@ -1,0 +1,210 @@
+"""The pacing cycle as Celery tasks, in the order they run (design.md §2).
+
+    beat ──tick──▶ pacing.refresh ──chord──▶ pacing.pace_shard × K ──▶ pacing.publish_cycle
+                                                                          │
+                                                  pacing.record_cycle ◀───┘
+
+Each task is a thin wrapper: the work is in :mod:`pacing.pipeline`. Arguments are small JSON
+values; ``argsrepr`` gives Flower a short, secret-free summary instead of whole target lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import redis.exceptions
+from celery import Task, chord
+
+from pacing import pipeline
+from pacing.errors import HistoryUnavailable
+from pacing.history import repository
+from pacing.leadership import Role
+from pacing.pipeline import CycleContext
+from pacing.services import Services
+from tasks.app import app, settings
+
+logger = logging.getLogger(__name__)
+
+LOST_AUDIT_AFTER_SECONDS = 30  # longer than record_cycle's own retries (1 + 2 + 4 + 8 s)
+LOST_AUDITS_PER_TICK = 20  # bounds the catch-up load after a long database outage
+_services: Services | None = None
+
+
+def services() -> Services:
+    """This process's clients, created on first use (after the worker forked)."""
+    global _services  # noqa: PLW0603 - one set of connections per process, by design
+    if _services is None:
+        _services = Services(settings)
+    return _services
+
+
+def reset_services() -> None:
+    global _services  # noqa: PLW0603
+    _services = None
+
+
+@app.task(name="pacing.refresh", ignore_result=True)
+def refresh(node: str) -> str:
+    """A beat tick from ``node``: lead (or stay standby) and start one cycle."""
+    svc = services()
+    outcome = svc.leadership.tick(
+        node=node,
+        lease_ttl_seconds=settings.lease_ttl,
+        deadline_seconds=settings.cycle_deadline,
+    )
+    if outcome.role is Role.STANDBY:
+        return "standby"
+    if outcome.new_leader:
+        logger.info("%s became leader", node, extra={"epoch": outcome.epoch, "node": node})
+        record_leadership.delay(
+            outcome.epoch,
+            node,
+            datetime.fromtimestamp(svc.clock(), UTC).isoformat(),
+            outcome.other or None,
+        )
+    if outcome.role is Role.OVERRUN:
+        logger.warning(
+            "overrun: cycle %s still in flight; tick skipped",
+            outcome.seq,
+            extra={"seq": outcome.seq, "epoch": outcome.epoch, "node": node},
+        )
+        return "overrun"
+    _requeue_lost_audits(svc)
+
+    shards = pipeline.split_into_shards(svc.enabled_targets(), settings.shard_size)
+    context = CycleContext(
+        seq=outcome.seq,
+        epoch=outcome.epoch,
+        node=node,
+        started_at=svc.clock(),
+        shard_count=len(shards),
+        new_leader=outcome.new_leader,
+    )
+    deadline = settings.cycle_deadline
+    body = publish_cycle.s(context.to_json()).set(
+        expires=deadline,
+        argsrepr=f"(seq={context.seq}, epoch={context.epoch}, shards={len(shards)})",
+    )
+    if not shards:
+        body.delay([])
+        return "leader"
+    header = [
+        pace_shard.s(context.seq, index, rows, epoch=context.epoch).set(
+            expires=deadline,
+            argsrepr=f"(seq={context.seq}, shard={index}, targets={len(rows)})",
+            kwargsrepr=f"{{'epoch': {context.epoch}}}",
+        )
+        for index, rows in enumerate(shards)
+    ]
+    chord(header)(body)
+    return "leader"
+
+
+@app.task(
+    name="pacing.pace_shard",
+    # used inside a chord, so it must keep its result; idempotent, so a redelivery is harmless
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.cycle_deadline * 2,  # the cycle is abandoned long before this
+    time_limit=settings.cycle_deadline * 2 + 5,
+)
+def pace_shard(seq: int, shard: int, targets: list[list[Any]], epoch: int = 0) -> dict[str, Any]:
+    """Chord header: statistics → state → pacing → compact rows. Never raises."""
+    configs = pipeline.decode_shard_targets(targets)
+    try:
+        rows = pipeline.pace_shard(services(), seq=seq, shard=shard, targets=configs)
+    except Exception:
+        logger.exception(
+            "shard failed; its targets get error rows",
+            extra={"seq": seq, "shard": shard, "epoch": epoch},
+        )
+        rows = pipeline.failed_shard(seq=seq, shard=shard, targets=configs)
+    return rows.to_json()
+
+
+@app.task(name="pacing.publish_cycle", ignore_result=True)
+def publish_cycle(results: list[dict[str, Any]], context: dict[str, Any]) -> None:
+    """Chord body: merge, fence, publish, then hand the cycle to the audit task."""
+    cycle = CycleContext.from_json(context)
+    svc = services()
+    try:
+        record = pipeline.publish_cycle(svc, results, cycle)
+    except Exception:
+        # let the next tick start at once instead of waiting for the deadline
+        with contextlib.suppress(redis.exceptions.RedisError):
+            svc.leadership.finish_cycle(epoch=cycle.epoch, seq=cycle.seq)
+        raise
+    record_cycle.delay(record.seq)
+
+
+@app.task(
+    name="pacing.record_cycle",
+    bind=True,
+    ignore_result=True,
+    # the record waits in Redis; losing this message before the write would lose history
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(HistoryUnavailable, redis.exceptions.ConnectionError),
+    retry_backoff=1,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    # a database outage delays the audit, it never loses it: after these retries the record
+    # stays staged in Redis and the leader's sweep (_requeue_lost_audits) sends it again
+    max_retries=4,
+)
+def record_cycle(self: Task, seq: int) -> bool:
+    """Write cycle ``seq`` to the history database; idempotent on ``seq``."""
+    svc = services()
+    record = pipeline.load_audit(svc, seq)
+    if record is None:
+        return False  # written by an earlier delivery
+    inserted = repository.record_cycle(svc.history, record)
+    pipeline.forget_audit(svc, seq)
+    return inserted
+
+
+@app.task(
+    name="pacing.record_leadership",
+    ignore_result=True,
+    acks_late=True,
+    autoretry_for=(HistoryUnavailable,),
+    retry_backoff=1,
+    retry_backoff_max=60,
+    max_retries=None,
+)
+def record_leadership(epoch: int, node: str, acquired_at: str, previous: str | None = None) -> bool:
+    """Record that ``node`` took the lease at ``epoch`` (``previous`` is ``"<epoch>:<node>"``)."""
+    previous_epoch, _, previous_node = (previous or "").partition(":")
+    return repository.record_leadership_change(
+        services().history,
+        epoch=epoch,
+        node=node,
+        acquired_at=datetime.fromisoformat(acquired_at),
+        previous_node=previous_node or None,
+        previous_epoch=int(previous_epoch) if previous_epoch else None,
+    )
+
+
+@app.task(name="pacing.purge_history", ignore_result=True)
+def purge_history() -> int:
+    """Daily retention: delete cycles older than ``history_retention_days``, in batches."""
+    cutoff = datetime.now(UTC) - timedelta(days=settings.history_retention_days)
+    deleted = repository.purge_history(services().history, older_than=cutoff)
+    logger.info("purged %d cycles older than %s", deleted, cutoff.isoformat())
+    return deleted
+
+
+def _requeue_lost_audits(svc: Services) -> None:
+    """Re-send audit writes still staged after their retries ran out or their worker died."""
+    now = svc.clock()
+    cutoff = now - LOST_AUDIT_AFTER_SECONDS
+    stale = svc.redis.zrangebyscore(
+        svc.keys.audit_pending, "-inf", cutoff, start=0, num=LOST_AUDITS_PER_TICK
+    )
+    for raw in cast(list[bytes], stale):
+        seq = int(raw)
+        svc.redis.zadd(svc.keys.audit_pending, {str(seq): now})
+        record_cycle.delay(seq)

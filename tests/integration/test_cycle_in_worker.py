@@ -1,0 +1,100 @@
+"""The cycle on a real Celery worker (threads pool, in this process) against real Redis,
+the simulator on loopback and the SQLite history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _published(simulator: Any) -> list[dict[str, Any]]:
+    response = requests.get(f"{simulator.base_url}/sim/published", params={"after": 0}, timeout=5)
+    response.raise_for_status()
+    return list(response.json()["published"])
+
+
+def _run_one_cycle(simulator: Any) -> int:
+    """Send one beat tick by hand and wait until the receiver has a newer publish."""
+    from tasks.cycle import refresh
+
+    before = max((p["seq"] for p in _published(simulator)), default=0)
+    refresh.delay("test-node")
+    wait_for(
+        lambda: max((p["seq"] for p in _published(simulator)), default=0) > before,
+        timeout=30,
+        message="no new cycle reached the simulator",
+    )
+    return int(max(p["seq"] for p in _published(simulator)))
+
+
+def test_bad_targets_get_budget_zero_with_their_reason_while_the_shard_is_paced(
+    celery_session_worker: Any, simulator: Any, history_ready: str, stack_settings: Any
+) -> None:
+    from pacing.history import repository
+
+    # given: three targets whose statistics are bad in three different ways
+    targets = requests.get(f"{simulator.base_url}/sim/targets", timeout=5).json()["targets"]
+    ids = [t["id"] for t in targets]
+    assert len(ids) < stack_settings.shard_size, "the test needs every target in one shard"
+    unknown, malformed, stale = ids[0], ids[1], ids[2]
+    requests.post(
+        f"{simulator.base_url}/sim/control",
+        json={"corrupt": {unknown: "missing", malformed: "malformed", stale: "stale"}},
+        timeout=5,
+    ).raise_for_status()
+
+    # when: cycles run until one is published and audited
+    seq = _run_one_cycle(simulator)
+    seq = _run_one_cycle(simulator)
+    engine = repository.create_history_engine(history_ready)
+    wait_for(
+        lambda: any(c.seq == seq for c in repository.last_cycles(engine, 5)),
+        timeout=30,
+        message=f"cycle {seq} never reached the history database",
+    )
+
+    # then: each bad target has budget 0 and its own reason ...
+    latest = {tid: repository.target_history(engine, tid)[-1] for tid in ids}
+    assert (latest[unknown].proactive_budget, latest[unknown].reason) == (0, "unknown_target")
+    assert (latest[malformed].proactive_budget, latest[malformed].reason) == (0, "error")
+    assert (latest[stale].proactive_budget, latest[stale].reason) == (0, "stale")
+    # ... while every other target of the same shard is paced normally
+    others = [latest[tid] for tid in ids[3:]]
+    assert all(p.reason in {"ok", "cold_start", "no_agents", "queue_full"} for p in others)
+    assert sum(p.proactive_budget for p in others) > 0
+    engine.dispose()
+
+    requests.post(f"{simulator.base_url}/sim/control", json={"corrupt": {}}, timeout=5)
+
+
+def test_a_cycle_is_recorded_once_with_its_stage_timings(
+    celery_session_worker: Any, simulator: Any, history_ready: str
+) -> None:
+    from pacing.history import repository
+
+    # given / when
+    seq = _run_one_cycle(simulator)
+    engine = repository.create_history_engine(history_ready)
+    wait_for(
+        lambda: any(c.seq == seq for c in repository.last_cycles(engine, 10)),
+        timeout=30,
+        message=f"cycle {seq} never reached the history database",
+    )
+
+    # then
+    cycle = next(c for c in repository.last_cycles(engine, 10) if c.seq == seq)
+    assert cycle.publish_status == "published"
+    assert cycle.target_count == 40
+    assert cycle.node == "test-node"
+    assert cycle.fetch_ms is not None
+    assert cycle.fetch_ms >= 0
+    assert cycle.payload_kind in {"full", "delta"}
+    assert cycle.payload_bytes > 0
+    assert [c.seq for c in repository.last_cycles(engine, 1000)].count(seq) == 1
+    engine.dispose()

@@ -1,0 +1,80 @@
+"""Helpers shared by the integration tests: private Redis databases and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import redis
+
+REDIS_HOST = os.environ.get("PACING_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("PACING_TEST_REDIS_PORT", "6379"))
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "PACING_TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+)
+# databases 0 and 1 are left to people; each test run leases its own from the rest
+_REDIS_TEST_DBS = range(2, 16)
+_LEASE_SECONDS = 3600
+
+
+def redis_url(db: int) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+@contextlib.contextmanager
+def leased_redis_db() -> Iterator[int]:
+    """A Redis database number no other test run uses while this one holds it; flushed after."""
+    registry = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    token = uuid.uuid4().hex
+    try:
+        for db in _REDIS_TEST_DBS:
+            if registry.set(f"pacing-test:db-lease:{db}", token, nx=True, ex=_LEASE_SECONDS):
+                client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+                client.flushdb()
+                try:
+                    yield db
+                finally:
+                    client.flushdb()
+                    client.close()
+                    if registry.get(f"pacing-test:db-lease:{db}") == token.encode():
+                        registry.delete(f"pacing-test:db-lease:{db}")
+                return
+        raise RuntimeError("every Redis test database is leased; wait for other test runs")
+    finally:
+        registry.close()
+
+
+@contextlib.contextmanager
+def throwaway_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for this run; yields its SQLAlchemy URL, dropped after."""
+    name = f"pacing_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    check: Callable[[], bool], *, timeout: float, message: str, interval: float = 0.1
+) -> None:
+    """Poll ``check`` until true; fail with ``message`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s: {message}")
