@@ -115,6 +115,8 @@ def up(targets: int, nodes: int, flower_port: int, workdir: Path) -> None:
         nonlocal stopping
         stopping = True
 
+    # also for SIGINT: a shell starts background jobs with SIGINT ignored, and Ctrl-C must work
+    signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     client = redis_client(settings.effective_redis_url)
     try:

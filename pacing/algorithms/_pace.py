@@ -140,9 +140,11 @@ def pace(
     reason = _safety.input_reasons(inputs.input_reason, n)
     reason[_safety.misconfigured(targets) & (reason == Reason.OK)] = Reason.ERROR
     slots = parameters.max_plausible_slots
-    free = _safety.plausible(inputs.agents_ready, limit=slots)
-    busy = _safety.plausible(inputs.agents_busy, limit=slots)
-    waiting = _safety.plausible(inputs.interactions_waiting, limit=slots)
+    # Slots and interactions are whole numbers; a fraction is noise (and 1e-308 slots would
+    # divide the model by almost nothing).
+    free = np.rint(_safety.plausible(inputs.agents_ready, limit=slots))
+    busy = np.rint(_safety.plausible(inputs.agents_busy, limit=slots))
+    waiting = np.rint(_safety.plausible(inputs.interactions_waiting, limit=slots))
     unreadable = np.isnan(free) | np.isnan(busy) | np.isnan(waiting)
     reason[unreadable & (reason == Reason.OK)] = Reason.ERROR
 
@@ -252,7 +254,11 @@ def _pace_rows(
     fractional = np.zeros(count)
     reactive_state = np.ones(count)
     for rule, chosen in _dispatch(algorithm, estimates.cold, paced):
-        decision = rule(_subset(model, chosen), parameters)
+        # Inputs are validated, but a rule must not turn an extreme yet valid row into a
+        # floating-point warning (which a worker run with -W error would raise); the safety
+        # layer below clips whatever comes back.
+        with np.errstate(all="ignore"):
+            decision = rule(_subset(model, chosen), parameters)
         fractional[chosen] = decision.budget
         reactive_state[chosen] = decision.reactive_state
 
