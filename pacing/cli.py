@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import yaml
@@ -44,7 +44,7 @@ def _engine(settings: Settings) -> Any:
     return repository.create_history_engine(settings.database_url)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
     sys.exit(EXIT_FAILED)
 
@@ -129,10 +129,11 @@ def up(targets: int, nodes: int, flower_port: int, workdir: Path) -> None:
                 break
             if int(time.time()) % 10 == 0:
                 status = cluster_status(client, Keys(settings.key_prefix), now=time.time())
+                age = status["last_published_age_seconds"]
                 click.echo(
-                    f"leader={status['leader']} epoch={status['epoch']} "
-                    f"published_seq={status['last_published_seq']} "
-                    f"age={status['last_published_age_seconds']}s targets={status['targets']} "
+                    f"leader={status['leader'] or '-'} epoch={status['epoch'] or '-'} "
+                    f"published_seq={status['last_published_seq'] or '-'} "
+                    f"age={'-' if age is None else f'{age:.1f}s'} targets={status['targets']} "
                     f"overruns={status['overruns']}"
                 )
     except KeyboardInterrupt:
@@ -272,13 +273,13 @@ def _target_from_row(row: dict[str, Any]) -> TargetConfig:
         value = row.get(name)
         return default if value is None or value == "" else value
 
-    goal = int(pick("goal", 3))
+    goal = _whole_number("goal", pick("goal", 3))
     if not 1 <= goal <= 99:
         raise ValueError(f"goal {goal} must be an integer percentage from 1 to 99")
     ratio = float(pick("proactive_ratio", 1.0))
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"proactive_ratio {ratio} must be between 0 and 1")
-    max_budget = int(pick("max_budget", 50))
+    max_budget = _whole_number("max_budget", pick("max_budget", 50))
     if max_budget < 0:
         raise ValueError(f"max_budget {max_budget} must not be negative")
     enabled = pick("enabled", True)
@@ -311,6 +312,15 @@ def _target_from_row(row: dict[str, Any]) -> TargetConfig:
         max_budget=max_budget,
         enabled=bool(enabled),
     )
+
+
+def _whole_number(name: str, value: Any) -> int:
+    """An int from a CSV string or a YAML int; 3.7, true or "3.0" are refused, not truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{name} {value!r} must be a whole number")
+    if isinstance(value, str) and not re.fullmatch(r"\s*-?\d+\s*", value):
+        raise ValueError(f"{name} {value!r} must be a whole number")
+    return int(value)
 
 
 def read_targets_file(path: Path) -> list[TargetConfig]:
@@ -408,6 +418,8 @@ def targets_list(fmt: str, enabled_only: bool) -> None:
     engine = _engine(_settings())
     try:
         configs = repository.list_targets(engine, enabled_only=enabled_only)
+    except PacingError as error:
+        _fail(str(error))
     finally:
         engine.dispose()
     rows = [
@@ -438,6 +450,8 @@ def _set_enabled(ids: tuple[str, ...], *, enabled: bool) -> None:
     engine = _engine(_settings())
     try:
         changed = repository.set_targets_enabled(engine, list(ids), enabled=enabled)
+    except PacingError as error:
+        _fail(str(error))
     finally:
         engine.dispose()
     click.echo(f"{'Enabled' if enabled else 'Disabled'} {changed} of {len(ids)} targets.")

@@ -54,6 +54,11 @@ class Keys:
         return f"{self.prefix}:last_cycle"
 
     @property
+    def cycle_events(self) -> str:
+        """Stream with one entry per finished cycle (figures for the metrics exporter)."""
+        return f"{self.prefix}:cycle_events"
+
+    @property
     def snapshot(self) -> str:
         """The decisions the receiver acknowledged last (the base of the next delta)."""
         return f"{self.prefix}:snapshot"

@@ -266,7 +266,7 @@ def publish_cycle(
         or previous is None
         or previous.snapshot.epoch != context.epoch
         or context.seq - previous.full_seq >= settings.full_snapshot_every
-        or services.redis.delete(keys.force_full) > 0
+        or services.redis.exists(keys.force_full) > 0  # cleared once a full snapshot lands
         or not can_send_delta(merged, previous.snapshot)
     )
     changed = changed_since(merged, previous.snapshot if previous else None)
@@ -310,6 +310,8 @@ def publish_cycle(
     status, failure = _fenced_post(services, context, body=body, deadline=deadline, sleep=sleep)
     publish_ms = (time.perf_counter() - publish_started) * 1000
     if status == "published":
+        if full:
+            services.redis.delete(keys.force_full)
         snapshot = Snapshot.of(merged, seq=context.seq, epoch=context.epoch)
         full_seq = context.seq if full else previous.full_seq if previous else context.seq
         services.redis.set(
@@ -328,7 +330,7 @@ def publish_cycle(
             },
         )
         services.leadership.count("cycles_published")
-    return _finish(services, context, record_for(status, failure, publish_ms))
+    return _finish(services, context, record_for(status, failure, publish_ms), merged=merged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +365,10 @@ def _fenced_post(
         logger.warning("not publishing: a newer cycle already published", extra=extra)
         return "fenced", "a newer seq already claimed the publish"
     while True:
+        if services.clock() >= deadline:
+            # a newer cycle may already be running; this one's data is too old to be useful
+            logger.warning("not publishing: the cycle is past its deadline", extra=extra)
+            return "expired", "the cycle passed its deadline before it could publish"
         try:
             ack = services.engagement.publish(seq=context.seq, body=body)
         except EngagementUnavailable as error:
@@ -452,12 +458,59 @@ def _record(
     )
 
 
-def _finish(services: Services, context: CycleContext, record: CycleRecord) -> CycleRecord:
-    """Stage the audit record in Redis, note the outcome and let the next cycle start."""
+CYCLE_EVENTS_KEPT = 2000  # the metrics exporter reads them every few seconds; ~1 h at 2 s
+
+
+def _finish(
+    services: Services,
+    context: CycleContext,
+    record: CycleRecord,
+    *,
+    merged: MergedCycle | None = None,
+) -> CycleRecord:
+    """Stage the audit record, publish the cycle's figures, let the next cycle start."""
     keys, clock = services.keys, services.clock
     latency_ms = (clock() - context.started_at) * 1000
     stage_audit(services, record)
     pipe = services.redis.pipeline(transaction=False)
+    # one event per cycle for the metrics exporter (stage latencies, reasons, channel budgets)
+    reasons = (
+        np.bincount(merged.reason, minlength=len(Reason)).tolist() if merged else [0] * len(Reason)
+    )
+    pipe.xadd(
+        keys.cycle_events,
+        {
+            "seq": context.seq,
+            "epoch": context.epoch,
+            "node": context.node,
+            "status": record.publish_status,
+            "latency_ms": latency_ms,
+            "fetch_ms": record.fetch_ms or 0.0,
+            "pace_ms": record.pace_ms or 0.0,
+            "merge_ms": record.merge_ms or 0.0,
+            "publish_ms": record.publish_ms or 0.0,
+            "targets": record.target_count,
+            "changed": record.changed_count,
+            "error_rows": record.error_count,
+            "payload_kind": record.payload_kind,
+            "payload_bytes": record.payload_bytes,
+            "reasons": orjson.dumps(
+                {reason.label: count for reason, count in zip(Reason, reasons, strict=True)}
+            ),
+            "channels": orjson.dumps(
+                {
+                    c.channel: {
+                        "proactive_budget": c.proactive_budget,
+                        "ready_capacity": c.ready_capacity,
+                        "target_count": c.target_count,
+                    }
+                    for c in record.channels
+                }
+            ),
+        },
+        maxlen=CYCLE_EVENTS_KEPT,
+        approximate=True,
+    )
     pipe.hset(
         keys.last_cycle,
         mapping={

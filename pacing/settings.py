@@ -171,11 +171,22 @@ class Settings(BaseSettings):
                 f"({self.cycle_deadline:g}) must not exceed twice the lease TTL "
                 f"({self.lease_ttl:g}); lower it or raise PACING_LEASE_TTL_SECONDS",
             )
-        if self.http_connect_timeout_seconds + self.http_read_timeout >= period * 2:
+        connect = self.http_connect_timeout_seconds
+        if connect + self.http_read_timeout >= period * 2:
+            if (
+                period * 2 - connect < 0.05
+            ):  # no read timeout could fit: the connect one is at fault
+                _refuse(
+                    "http_connect_timeout_seconds",
+                    f"({connect:g}) plus the read timeout must stay below two refresh periods "
+                    f"({2 * period:g}) so a dead server cannot stall the cycle; lower it, e.g. "
+                    f"to {min(0.5, period / 4):g}",
+                )
             _refuse(
                 "http_read_timeout_seconds",
-                "plus the connect timeout must stay below two refresh periods so a slow server "
-                f"cannot stall the cycle; lower it below {max(period * 2 - 0.5, 0.1):g}",
+                f"({self.http_read_timeout:g}) plus the connect timeout ({connect:g}) must stay "
+                "below two refresh periods so a slow server cannot stall the cycle; lower it "
+                f"below {period * 2 - connect:g}",
             )
         for name in ("stat_server_primary_url", "stat_server_backup_url", "engagement_url"):
             _check_http_url(name, getattr(self, name))
@@ -242,9 +253,14 @@ def _refuse(field: str, message: str) -> None:
 def _check_http_url(field: str, url: str | None) -> None:
     if url is None:
         return
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        _refuse(field, f"({redact_url(url)!r}) is not an http(s) URL; give a full URL")
+    try:
+        parts = urlsplit(url)
+        shown = f"({redact_url(url)!r}) "
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. "http://[::1": unparsable, so its password cannot be hidden
+        shown, valid = "", False
+    if not valid:
+        _refuse(field, f"{shown}is not an http(s) URL; give a full URL such as https://host/path")
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -260,7 +276,9 @@ def _explain(error: ValidationError) -> ConfigurationError:
     cause = first.get("ctx", {}).get("error")
     if isinstance(cause, ConfigurationError):  # raised by a cross-field rule above
         return cause
-    field = ".".join(str(part) for part in first["loc"]) or "settings"
+    field = ".".join(str(part) for part in first["loc"])
+    if not field:  # a model-level error: its input is every setting, secrets included
+        return ConfigurationError(f"The settings are invalid: {first['msg']}; fix them.")
     message = f"{_env_name(field)} is invalid: {first['msg']}; fix the value"
     if field in _SECRET_FIELDS:  # never echo what was typed into a secret
         return ConfigurationError(f"{message}.")

@@ -28,7 +28,7 @@ NOW = 1_750_000_000.0
 PARAMETERS = PacingParameters()
 
 
-def make_inputs(n: int = 1, **values: Any) -> PacingInputs:
+def make_inputs(n: int = 1, /, **values: Any) -> PacingInputs:
     """Inputs for n targets: one free slot, nothing else going on, unless overridden."""
     columns: dict[str, Any] = {
         "agents_ready": 1.0,
@@ -44,7 +44,7 @@ def make_inputs(n: int = 1, **values: Any) -> PacingInputs:
         "offers_pending": 0.0,
     }
     columns.update(values)
-    arrays = {
+    arrays: dict[str, Any] = {
         name: np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)).copy()
         for name, v in columns.items()
     }
@@ -59,7 +59,7 @@ def column(name: str) -> int:
     return STATE_FIELDS.index(name)
 
 
-def warm_state(n: int = 1, **overrides: float) -> NDArray[np.float64]:
+def warm_state(n: int = 1, /, **overrides: float) -> NDArray[np.float64]:
     """State of a target that has seen plenty of data: p = 0.25, h = 180 s, no cold start."""
     state = cold_state(n)
     values = {
@@ -90,7 +90,7 @@ def warm_state(n: int = 1, **overrides: float) -> NDArray[np.float64]:
     return state
 
 
-def warm_inputs(n: int = 1, **values: Any) -> PacingInputs:
+def warm_inputs(n: int = 1, /, **values: Any) -> PacingInputs:
     """Inputs whose counters continue those of :func:`warm_state` without change."""
     counters: dict[str, Any] = {
         "answered_total": 1000.0,

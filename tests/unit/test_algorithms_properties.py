@@ -38,7 +38,7 @@ awkward_floats = st.one_of(
     st.integers(0, 50).map(float),
 )
 PROPERTY_SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ def brute_queue_abandonments(m: int, r: float) -> float:
 
 
 def closed_form(m: float, r: float) -> float:
-    return m - r * (1.0 - r**m) / (1.0 - r)
+    return float(m - r * (1.0 - r**m) / (1.0 - r))
 
 
 def brute_expected(trials: int, q: float, headroom: float, r: float) -> float:
@@ -34,7 +35,9 @@ def brute_expected(trials: int, q: float, headroom: float, r: float) -> float:
     )
 
 
-def brute_slack(n: int, *, headroom: float, pending: int, q: float, r: float, goal: float) -> float:
+def brute_slack(
+    n: int, /, *, headroom: float, pending: int, q: float, r: float, goal: float
+) -> float:
     base = closed_form(max(0.0, -headroom), r)
     extra = brute_expected(pending + n, q, headroom, r) - base
     return goal * q * (pending + n) - extra
@@ -170,7 +173,7 @@ def test_budget_is_the_upward_scan_of_the_specification(
     headroom: float, pending: int, q: float, r: float, goal: float, cap: int
 ) -> None:
     # given
-    case = {"headroom": headroom, "pending": pending, "q": q, "r": r, "goal": goal}
+    case: dict[str, Any] = {"headroom": headroom, "pending": pending, "q": q, "r": r, "goal": goal}
     scanned = brute_budget(**case, cap=cap)
 
     # when
