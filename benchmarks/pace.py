@@ -115,7 +115,8 @@ def main() -> None:
     whole, sharded = run(args.targets, args.shard_size, args.cycles, warmup)
     shards = -(-args.targets // args.shard_size)
     print(f"pace() on {args.targets} mixed targets, {len(whole)} steady-state cycles")
-    print(f"  one call           median {statistics.median(whole):7.1f} ms  max {max(whole):7.1f} ms")
+    whole_median = statistics.median(whole)
+    print(f"  one call           median {whole_median:7.1f} ms  max {max(whole):7.1f} ms")
     print(
         f"  {shards} shards of {args.shard_size:<5} median {statistics.median(sharded):7.1f} ms  "
         f"max {max(sharded):7.1f} ms  (sum over shards, one process)"
