@@ -17,7 +17,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from pacing.algorithms._state import clip_or
+
 Array = NDArray[np.float64]
+
+_LARGEST = float(np.finfo(np.float64).max)  # where np.nan_to_num sends +inf
 
 
 def capacity_rate(servers: Array, handle_time: Array) -> Array:
@@ -31,13 +35,14 @@ def reactive_admission(
     """(λ_r,admit, reactive_state) of §7; both finite, the state in [0, 1]."""
     with np.errstate(all="ignore"):
         admitted = np.minimum(reactive_rate, (1.0 - proactive_ratio) * operating_rate)
-        admitted = np.clip(np.nan_to_num(admitted, nan=0.0), 0.0, None)
+        admitted = clip_or(admitted, 0.0, _LARGEST, 0.0)
         state = np.where(reactive_rate > 0, admitted / reactive_rate, 1.0)
-    return admitted, np.clip(np.nan_to_num(state, nan=1.0), 0.0, 1.0)
+    return admitted, clip_or(state, 0.0, 1.0, 1.0)
 
 
 def reactive_reserve(admitted_rate: Array, handle_time: Array) -> Array:
     """R = ⌈λ_r,admit · h⌉: the slots the reactive load keeps busy on average, rounded up (§7)."""
     with np.errstate(all="ignore"):
         # The tolerance keeps a load of exactly 2.0 slots, computed as 2.0000000000000004, at 2.
-        return np.ceil(np.nan_to_num(admitted_rate * handle_time, nan=0.0) - 1e-9).clip(0.0)
+        load = clip_or(admitted_rate * handle_time, -_LARGEST, _LARGEST, 0.0)
+        return np.ceil(load - 1e-9).clip(0.0)

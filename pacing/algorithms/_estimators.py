@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pacing.algorithms._state import StateColumn as Col
-from pacing.algorithms._state import known_or
+from pacing.algorithms._state import clip_or, known_or
 from pacing.algorithms._types import PacingParameters
 
 Array = NDArray[np.float64]
@@ -264,4 +264,4 @@ def _clip(values: Array, bounds: tuple[float, float], fallback: float) -> Array:
     """``values`` clipped to ``bounds``; NaN (which the arithmetic above never makes from sane
     state, but garbage might) becomes ``fallback``."""
     low, high = bounds
-    return np.clip(np.nan_to_num(values, nan=fallback, posinf=high, neginf=low), low, high)
+    return clip_or(values, low, high, fallback)

@@ -31,7 +31,7 @@ from pacing.algorithms._estimators import (
     with_priors,
 )
 from pacing.algorithms._state import StateColumn as Col
-from pacing.algorithms._state import known_or, sanitize
+from pacing.algorithms._state import clip_or, known_or, sanitize
 from pacing.algorithms._super_progressive import super_progressive_budget, survival_exponent
 from pacing.algorithms._types import (
     ALGORITHMS,
@@ -118,6 +118,10 @@ COLD_START_RULE: Rule = super_progressive
 
 _DUAL = np.array([algorithm.is_dual for algorithm in ALGORITHMS])
 _BUSY_FACTOR = OBJECTIVES.index(Objective.BUSY_FACTOR)
+#: The array fields of the inputs and targets (dataclasses.fields is slow enough to matter).
+_FIELDS = tuple(
+    tuple(field.name for field in fields(kind)) for kind in (PacingInputs, PacingTargets)
+)
 
 
 def pace(
@@ -258,7 +262,8 @@ def _pace_rows(
         # floating-point warning (which a worker run with -W error would raise); the safety
         # layer below clips whatever comes back.
         with np.errstate(all="ignore"):
-            decision = rule(_subset(model, chosen), parameters)
+            batch = model if chosen.size == count else _subset(model, chosen)
+            decision = rule(batch, parameters)
         fractional[chosen] = decision.budget
         reactive_state[chosen] = decision.reactive_state
 
@@ -268,7 +273,7 @@ def _pace_rows(
     budget[~paced] = 0
     return _RowsResult(
         budget=budget,
-        reactive_state=np.clip(np.nan_to_num(reactive_state, nan=1.0), 0.0, 1.0),
+        reactive_state=clip_or(reactive_state, 0.0, 1.0, 1.0),
         reason=reason,
         state=state,
     )
@@ -278,12 +283,18 @@ def _dispatch(
     algorithm: NDArray[np.int64], cold: NDArray[np.bool_], paced: NDArray[np.bool_]
 ) -> list[tuple[Rule, NDArray[np.intp]]]:
     """Each rule in use with the rows it paces (cold rows go to :data:`COLD_START_RULE`)."""
-    masks: dict[Rule, NDArray[np.bool_]] = {}
-    for index, candidate in enumerate(ALGORITHMS):
-        rule = RULES[candidate]
-        masks[rule] = masks.get(rule, np.zeros_like(paced)) | (paced & ~cold & (algorithm == index))
-    masks[COLD_START_RULE] = masks.get(COLD_START_RULE, np.zeros_like(paced)) | (paced & cold)
-    return [(rule, np.flatnonzero(mask)) for rule, mask in masks.items() if mask.any()]
+    rules = [RULES[candidate] for candidate in ALGORITHMS]  # by index into ALGORITHMS
+    warm = paced & ~cold
+    chosen = []
+    # One mask per rule in use rather than per algorithm (today a single rule paces them all).
+    for rule in dict.fromkeys([*rules, COLD_START_RULE]):
+        mask = warm & np.array([candidate is rule for candidate in rules])[algorithm]
+        if rule is COLD_START_RULE:
+            mask |= paced & cold
+        rows = np.flatnonzero(mask)
+        if rows.size:
+            chosen.append((rule, rows))
+    return chosen
 
 
 def _subset(model: Model, rows: NDArray[np.intp]) -> Model:
@@ -311,8 +322,8 @@ def _subset(model: Model, rows: NDArray[np.intp]) -> Model:
 def _check_lengths(inputs: PacingInputs, targets: PacingTargets, n: int) -> None:
     lengths = {
         name: np.shape(getattr(container, name))
-        for container in (inputs, targets)
-        for name in (field.name for field in fields(container))
+        for container, names in zip((inputs, targets), _FIELDS, strict=True)
+        for name in names
     }
     wrong = sorted(name for name, shape in lengths.items() if shape != (n,))
     if wrong:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from pacing.algorithms._state import clip_or
 from pacing.algorithms._types import ALGORITHMS, OBJECTIVES, PacingTargets
 from pacing.domain import Reason
 
@@ -17,7 +18,9 @@ Array = NDArray[np.float64]
 
 #: Cumulative counters above 2**53 can no longer be differenced exactly in float64.
 LARGEST_COUNTER = 2.0**53
-_KNOWN_REASONS = np.array([int(reason) for reason in Reason], dtype=np.int64)
+#: _IS_REASON[code] is True for the codes of Reason (a table: np.isin is slow on small arrays).
+_IS_REASON = np.zeros(max(Reason) + 1, dtype=bool)
+_IS_REASON[[int(reason) for reason in Reason]] = True
 
 
 def plausible(values: object, *, limit: float) -> Array:
@@ -33,7 +36,9 @@ def input_reasons(reason: object, n: int) -> NDArray[np.int8]:
     codes = np.array(reason, dtype=np.int64, copy=True).reshape(-1)
     if codes.shape != (n,):
         return np.full(n, Reason.ERROR, dtype=np.int8)
-    codes[~np.isin(codes, _KNOWN_REASONS)] = Reason.ERROR
+    known = (codes >= 0) & (codes < _IS_REASON.size)
+    known[known] = _IS_REASON[codes[known]]
+    codes[~known] = Reason.ERROR
     return codes.astype(np.int8)
 
 
@@ -55,7 +60,7 @@ def misconfigured(targets: PacingTargets) -> NDArray[np.bool_]:
 def budget_caps(max_budget: object, search_limit: int) -> Array:
     """Per-target caps as float: ``max_budget`` clipped to [0, search_limit]."""
     caps = np.asarray(max_budget, dtype=np.float64)
-    return np.clip(np.nan_to_num(caps, nan=0.0), 0.0, float(search_limit))
+    return clip_or(caps, 0.0, float(search_limit), 0.0)
 
 
 def carry_round(budget: Array, carry: Array, cap: Array) -> tuple[NDArray[np.int64], Array]:
@@ -67,8 +72,8 @@ def carry_round(budget: Array, carry: Array, cap: Array) -> tuple[NDArray[np.int
     budget (it would otherwise be owed forever).
     """
     with np.errstate(all="ignore"):
-        budget = np.clip(np.nan_to_num(budget, nan=0.0, posinf=0.0, neginf=0.0), 0.0, cap)
-        carry = np.clip(np.nan_to_num(carry, nan=0.0), 0.0, 1.0)
+        budget = np.clip(np.where(np.isfinite(budget), budget, 0.0), 0.0, cap)
+        carry = clip_or(carry, 0.0, 1.0, 0.0)
         accumulated = budget + carry
         rounded = np.floor(accumulated)
         capped = rounded >= cap

@@ -22,6 +22,7 @@ so a 10,000-target call costs a few exact evaluations per row instead of one per
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -40,6 +41,12 @@ _TAIL_PAD = 16.0
 #: of narrow ones; windows wider than the last block (sd above ~30, i.e. thousands of pending
 #: invitations) are summed on a strided grid by the midpoint rule instead of exactly.
 _WINDOW_BLOCKS = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+_BLOCK_WIDTHS = np.array(_WINDOW_BLOCKS, dtype=np.float64)
+#: Blocks share one pmf table while that pads it by at most this many terms: a separate table
+#: costs a few dozen NumPy calls, worth a few thousand terms of padding.
+_PAD_LIMIT = 2048
+#: _last_true probes every candidate at once when that is at most this many probes.
+_TABLE_LIMIT = 1024
 #: q = 1 makes the odds q / (1 − q) infinite; a hair below 1 keeps every term finite.
 _Q_MAX = 1.0 - 1e-12
 
@@ -51,7 +58,13 @@ def queue_abandonments(queued: Array, survival_exponent: Array) -> Array:
     the same as m − r(1 − r^m)/(1 − r) without its cancellation when r is close to 1.
     """
     with np.errstate(over="ignore"):
-        return queued + np.expm1(-survival_exponent * queued) / np.expm1(survival_exponent)
+        return _queue_abandonments(queued, survival_exponent, np.expm1(survival_exponent))
+
+
+def _queue_abandonments(queued: Array, survival: Array, expm1_survival: Array) -> Array:
+    # S(m) with expm1(a) given: the bisections evaluate it for the same rows many times.
+    abandonments: Array = queued + np.expm1(-survival * queued) / expm1_survival
+    return abandonments
 
 
 def survival_exponent(servers: Array, handle_time: Array, abandon_rate: Array) -> Array:
@@ -66,41 +79,71 @@ def expected_queue_abandonments(
 
     ``trials`` must hold non-negative integers; every argument is a 1-D array of one length.
     """
-    q = np.clip(accept_probability, 0.0, _Q_MAX)
-    mean = trials * q
-    spread = _TAIL_SDS * np.sqrt(mean * (1.0 - q)) + _TAIL_PAD
-    # Only k > c queues anybody, so the sum starts at the first integer above the headroom.
-    first = np.maximum(np.floor(headroom) + 1.0, np.maximum(np.ceil(mean - spread), 0.0))
-    last = np.minimum(trials, np.floor(mean + spread))
-    width = last - first + 1.0
-    expected = np.zeros_like(trials)
-    narrower = 0.0
-    for block in _WINDOW_BLOCKS:
-        rows = np.flatnonzero((width > narrower) & (width <= block))
-        if rows.size:
+    with np.errstate(all="ignore"):
+        q = np.clip(accept_probability, 0.0, _Q_MAX)
+        mean = trials * q
+        spread = _TAIL_SDS * np.sqrt(mean * (1.0 - q)) + _TAIL_PAD
+        # Only k > c queues anybody, so the sum starts at the first integer above the headroom.
+        first = np.maximum(np.floor(headroom) + 1.0, np.maximum(np.ceil(mean - spread), 0.0))
+        last = np.minimum(trials, np.floor(mean + spread))
+        width = last - first + 1.0
+        expected = np.zeros_like(trials)
+        # A row's block is the narrowest at least as wide as its window; one sort-free pass
+        # instead of a mask per block (empty and NaN windows sum nothing).
+        block = np.searchsorted(_BLOCK_WIDTHS, width)
+        block[~(width > 0)] = -1
+        counts = np.bincount(block + 1, minlength=len(_WINDOW_BLOCKS) + 2)[1:]
+        for members in _groups(counts[:-1]):
+            rows = np.flatnonzero((block >= members[0]) & (block <= members[-1]))
             window = _Window(
                 trials[rows], q[rows], first[rows], width[rows], headroom[rows], survival[rows]
             )
-            expected[rows] = _window_sum(window, block=block)
-        narrower = block
-    rows = np.flatnonzero(width > narrower)
-    if rows.size:
-        window = _Window(
-            trials[rows], q[rows], first[rows], width[rows], headroom[rows], survival[rows]
-        )
-        expected[rows] = _strided_sum(window)
+            expected[rows] = _window_sums(window, block[rows], members)
+        if counts[-1]:
+            rows = np.flatnonzero(block == len(_WINDOW_BLOCKS))
+            window = _Window(
+                trials[rows], q[rows], first[rows], width[rows], headroom[rows], survival[rows]
+            )
+            expected[rows] = _strided_sum(window)
     return expected
 
 
+def _groups(counts: NDArray[np.intp]) -> list[list[int]]:
+    """The blocks in use, gathered into groups that share one padded pmf table.
+
+    A group is as wide as its widest block; a block joins the group below it while the padding
+    this adds stays under _PAD_LIMIT terms, which costs less than a separate table would.
+    """
+    groups: list[list[int]] = []
+    rows = 0
+    for index in np.flatnonzero(counts).tolist():
+        width = _WINDOW_BLOCKS[index]
+        if groups and rows * (width - _WINDOW_BLOCKS[groups[-1][-1]]) <= _PAD_LIMIT:
+            groups[-1].append(index)
+            rows += int(counts[index])
+        else:
+            groups.append([index])
+            rows = int(counts[index])
+    return groups
+
+
+@functools.lru_cache(maxsize=128)
+def _offsets(width: int) -> Array:
+    """0, 1, …, width − 1 as float (cached: built once per block width; never written to)."""
+    offsets = np.arange(width, dtype=np.float64)
+    offsets.flags.writeable = False
+    return offsets
+
+
 def _log_binomial_pmf(k: Array, trials: Array, q: Array) -> Array:
-    with np.errstate(divide="ignore"):
-        log_pmf: Array = (
-            gammaln(trials + 1.0)
-            - gammaln(k + 1.0)
-            - gammaln(trials - k + 1.0)
-            + k * np.log(q)
-            + (trials - k) * np.log1p(-q)
-        )
+    # Called under the errstate of expected_queue_abandonments (log(0) for q = 0 is fine).
+    log_pmf: Array = (
+        gammaln(trials + 1.0)
+        - gammaln(k + 1.0)
+        - gammaln(trials - k + 1.0)
+        + k * np.log(q)
+        + (trials - k) * np.log1p(-q)
+    )
     return log_pmf
 
 
@@ -115,34 +158,49 @@ class _Window(NamedTuple):
     survival: Array
 
 
-def _window_sum(window: _Window, *, block: int) -> Array:
-    # Exact sum over k = first .. first + block − 1 (terms past the row's window are negligible
-    # but true, and the pmf is exactly 0 past k = M). The pmf is built from its first term by
-    # the ratio pmf(k)/pmf(k − 1) = (M − k + 1)/k · q/(1 − q): no transcendental per term, and
-    # the window starts within 8 sd of the mean, so the first term is far from underflow.
+def _window_sums(window: _Window, block: NDArray[np.intp], members: list[int]) -> Array:
+    # Exact sum over k = first .. first + B − 1, B the width of the row's block (terms past the
+    # row's window are negligible but true, and the pmf is exactly 0 past k = M). The pmf is
+    # built from its first term by the ratio pmf(k)/pmf(k − 1) = (M − k + 1)/k · q/(1 − q): no
+    # transcendental per term, and the window starts within 8 sd of the mean, so the first term
+    # is far from underflow.
     #
     # S is not evaluated per term either. With m_j = m_0 + j and ρ = e^(−a):
     #   Σ pmf_j S(m_j) = m_0 Σ pmf_j + Σ j pmf_j − (Σ pmf_j − e^(−a m_0) Σ pmf_j ρ^j) / expm1(a)
     # and pmf_j ρ^j is the cumulative product of the ratios times ρ: three row sums in all.
     # The subtraction loses about 1e-16 / a absolutely, far below any goal even for a = 1e-8.
+    #
+    # The rows of several blocks share one table as wide as the widest (cumulative products do
+    # not depend on how far they run), but each block is summed over its own width only, so a
+    # row's result does not depend on which other blocks were in its group.
     trials, q, first, _, headroom, survival = window
-    offsets = np.arange(block, dtype=np.float64)
-    k = first[:, None] + offsets
+    widest = _WINDOW_BLOCKS[members[-1]]
+    k = first[:, None] + _offsets(widest)
     odds = q / (1.0 - q)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = (trials[:, None] + 1.0 - k) / k * odds[:, None]
-    ratio = np.maximum(ratio, 0.0)
+    terms = np.empty((2, len(trials), widest))  # [0] the pmf's ratios, [1] the tilted ones
+    ratio = terms[0]
+    np.divide(trials[:, None] + 1.0 - k, k, out=ratio)
+    ratio *= odds[:, None]
+    np.maximum(ratio, 0.0, out=ratio)
     ratio[:, 0] = np.exp(_log_binomial_pmf(first, trials, q))
-    pmf = np.cumprod(ratio, axis=1)
-    ratio *= np.exp(-survival)[:, None]
-    ratio[:, 0] = pmf[:, 0]
-    tilted = np.cumprod(ratio, axis=1)
-    mass = pmf.sum(axis=1)
-    moment = pmf @ offsets
-    tilted_mass = tilted.sum(axis=1)
+    np.multiply(ratio, np.exp(-survival)[:, None], out=terms[1])
+    terms[1, :, 0] = ratio[:, 0]
+    products = np.cumprod(terms, axis=2)  # [0] pmf, [1] pmf·ρ^j
+    if len(members) == 1:
+        sums = products.sum(axis=2)
+        moment = products[0] @ _offsets(widest)
+    else:
+        sums = np.empty((2, len(trials)))
+        moment = np.empty(len(trials))
+        for index in members:
+            width = _WINDOW_BLOCKS[index]
+            rows = np.flatnonzero(block == index)
+            part = products[:, rows, :width]
+            sums[:, rows] = part.sum(axis=2)
+            moment[rows] = part[0] @ _offsets(width)
+    mass, tilted_mass = sums
     queued = first - headroom  # m_0 > 0: the window starts above the headroom
-    with np.errstate(over="ignore"):
-        survivors = (mass - np.exp(-survival * queued) * tilted_mass) / np.expm1(survival)
+    survivors = (mass - np.exp(-survival * queued) * tilted_mass) / np.expm1(survival)
     total: Array = queued * mass + moment - survivors
     return total
 
@@ -206,7 +264,7 @@ def super_progressive_budget(
                 cap=cap[todo],
             )
             budget[todo] = _solve(problem, interpolate=interpolate)
-    budget = np.nan_to_num(budget, nan=0.0, posinf=0.0, neginf=0.0)
+    budget = np.where(np.isfinite(budget), budget, 0.0)
     return np.clip(budget, 0.0, np.maximum(cap, 0.0))
 
 
@@ -229,7 +287,12 @@ class _Problem:
         self.survival = survival
         self.allowance = allowance
         self.cap = cap
-        self.baseline = queue_abandonments(np.maximum(-headroom, 0.0), survival)  # φ(0)
+        self.expm1_survival = np.expm1(survival)
+        self.baseline = self.abandonments(np.arange(cap.size), np.maximum(-headroom, 0.0))  # φ(0)
+
+    def abandonments(self, rows: NDArray[np.intp], queued: Array) -> Array:
+        """S(queued) for ``rows`` (the caller holds an errstate ignoring overflow)."""
+        return _queue_abandonments(queued, self.survival[rows], self.expm1_survival[rows])
 
     def slack(self, rows: NDArray[np.intp], n: Array) -> Array:
         """g'·q·(P + n) − E_ab(n), exactly."""
@@ -242,7 +305,7 @@ class _Problem:
     def surely_infeasible(self, rows: NDArray[np.intp], n: Array) -> NDArray[np.bool_]:
         """True where Jensen's inequality E[φ(K)] ≥ φ(E[K]) already proves slack(n) < 0."""
         mean = self.q[rows] * (self.pending[rows] + n)
-        lower = queue_abandonments(np.maximum(mean - self.headroom[rows], 0.0), self.survival[rows])
+        lower = self.abandonments(rows, np.maximum(mean - self.headroom[rows], 0.0))
         return bool_array(lower - self.baseline[rows] > self.allowance[rows] * mean)
 
     def surely_feasible(self, rows: NDArray[np.intp], n: Array) -> NDArray[np.bool_]:
@@ -258,7 +321,7 @@ class _Problem:
         trials = self.pending[rows] + n
         mean = q * trials
         excess = np.maximum(trials - c, 0.0)
-        top = queue_abandonments(excess, self.survival[rows])  # φ(M)
+        top = self.abandonments(rows, excess)  # φ(M)
         beyond = mean - c
         tail = 0.5 * (beyond + np.sqrt(trials * q * (1.0 - q) + beyond * beyond))
         bound = np.where(
@@ -334,6 +397,26 @@ def _last_true(probe: _Probe, rows: NDArray[np.intp], low: Array, high: Array) -
     ``probe(low)`` is taken as true and ``high`` is never probed (it may be a sentinel). Where
     ``probe`` is not monotone the answer is still a point where it holds, or ``low``.
     """
+    candidates = np.maximum(high - low - 1.0, 0.0)  # low + 1 .. high − 1
+    widest = int(candidates.max(initial=0.0))
+    if 0 < rows.size * widest <= _TABLE_LIMIT:
+        # Few rows (a small shard): one probe of every candidate costs less than the dozen
+        # NumPy calls of each bisection step. Where the probe holds on a prefix of the
+        # candidates, which is the usual case, the bisection would end on the last of them.
+        n = low[:, None] + 1.0 + _offsets(widest)
+        holds = probe(np.repeat(rows, widest), n.ravel()).reshape(n.shape)
+        holds &= n < high[:, None]
+        prefix = np.all(holds[:, 1:] <= holds[:, :-1], axis=1)
+        result: Array = low + np.count_nonzero(holds, axis=1)
+        others = np.flatnonzero(~prefix)
+        if others.size:
+            result[others] = _bisect_last_true(probe, rows[others], low[others], high[others])
+        return result
+    return _bisect_last_true(probe, rows, low, high)
+
+
+def _bisect_last_true(probe: _Probe, rows: NDArray[np.intp], low: Array, high: Array) -> Array:
+    """_last_true by bisection: one probe of every active row per halving of the bracket."""
     low = low.copy()
     high = high.copy()
     active = np.flatnonzero(high - low > 1)
