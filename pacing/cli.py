@@ -1,22 +1,36 @@
 """``pacing``: the operators' command line.
 
-Exit codes scripts can rely on: 0 success, 1 the operation failed (e.g. a database is down),
-2 bad usage or invalid input (click's own convention), 3 invalid settings.
+Exit codes scripts can rely on (also in ``pacing --help`` and docs/operators-monitoring.md):
+
+====  =====================================================================================
+0     success
+1     the operation failed: a database or Redis is down, a port is taken, a plot is empty
+2     bad usage or invalid input, e.g. an unknown option or a bad line in a targets file
+      (click's own convention); nothing was changed
+3     invalid settings (a PACING_* variable); the message names it and the fix
+4     ``pacing status --check`` only: the cluster is not publishing (no publish acknowledged
+      within three refresh periods, or no leader)
+====  =====================================================================================
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib
+import importlib.util
 import io
 import json
 import re
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import yaml
@@ -25,9 +39,37 @@ from pacing.domain import Algorithm, Objective, TargetConfig, is_valid_target_id
 from pacing.errors import ConfigurationError, PacingError
 from pacing.settings import Settings, load_settings
 
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_SETTINGS = 3
-FORMATS = click.Choice(["table", "json"])
+EXIT_UNHEALTHY = 4
+#: A publish older than this many refresh periods means the cluster is not pacing
+#: (the same threshold as the PacingNotPublishing alert in docs/operators-monitoring.md).
+STALE_AFTER_PERIODS = 3
+#: Below this many rows a progress bar only flickers.
+PROGRESS_FROM_ROWS = 500
+
+#: Commands that live in other modules, imported only when used: ``name → (module:attribute,
+#: short help)``. A command whose module is not installed is not listed, so `pacing evaluate`
+#: appears by itself once pacing/evaluation/command.py defines the click command ``evaluate``.
+LAZY_COMMANDS = {
+    "evaluate": (
+        "pacing.evaluation.command:evaluate",
+        "Score the pacing algorithms in virtual time (no Celery, no HTTP).",
+    ),
+}
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  the operation failed (database or Redis down, port taken, ...)
+  2  bad usage or invalid input (nothing was changed)
+  3  invalid settings (the message names the PACING_* variable)
+  4  `pacing status --check`: the cluster is not publishing
+"""
 
 
 def _settings() -> Settings:
@@ -44,17 +86,79 @@ def _engine(settings: Settings) -> Any:
     return repository.create_history_engine(settings.database_url)
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
-    sys.exit(EXIT_FAILED)
+    sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group that also offers commands from modules imported on first use."""
+
+    def __init__(
+        self, *args: Any, lazy_commands: dict[str, tuple[str, str]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def _available(self) -> list[str]:
+        names = []
+        for name, (target, _) in self.lazy_commands.items():
+            module = target.partition(":")[0]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:  # its parent package is missing
+                found = False
+            if found:
+                names.append(name)
+        return names
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._available()})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help``, without importing the lazy commands' modules."""
+        rows: list[tuple[str, str]] = []
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(name) for name in names), default=0)
+        for name in names:
+            if name in self.lazy_commands and name not in self.commands:
+                rows.append((name, self.lazy_commands[name][1]))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in self._available():
+            return command
+        module_name, _, attribute = self.lazy_commands[cmd_name][0].partition(":")
+        loaded = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(loaded, click.Command):
+            raise TypeError(f"{module_name}:{attribute} is not a click command")
+        return loaded
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXIT_CODES_HELP,
+)
 def main() -> None:
     """Agent Pacing Service: pace proactive chat invitations for agent groups.
 
     Settings come from PACING_* environment variables (see the README). Start a local stack
-    with `pacing up`, then look at it with `pacing status`.
+    with `pacing up`, then look at it with `pacing status`, `pacing cycles` and `pacing
+    exporter`; manage targets with `pacing targets`. `pacing COMMAND --help` explains each
+    command with an example.
+
+    \b
+    Example:
+      pacing db upgrade && pacing targets import groups.csv && pacing up
     """
 
 
@@ -77,6 +181,7 @@ def main() -> None:
     help="Pacing nodes (a worker and a beat each); two show failover.",
 )
 @click.option("--flower-port", default=5555, show_default=True, type=int)
+@click.option("--metrics-port", default=9808, show_default=True, type=int)
 @click.option(
     "--workdir",
     default="var",
@@ -84,7 +189,7 @@ def main() -> None:
     type=click.Path(path_type=Path),
     help="Where logs and the Redis data of the stack go.",
 )
-def up(targets: int, nodes: int, flower_port: int, workdir: Path) -> None:
+def up(targets: int, nodes: int, flower_port: int, metrics_port: int, workdir: Path) -> None:
     """Start a complete local stack against the built-in simulator; Ctrl-C stops it all.
 
     \b
@@ -103,6 +208,7 @@ def up(targets: int, nodes: int, flower_port: int, workdir: Path) -> None:
             targets=targets,
             nodes=nodes,
             flower_port=flower_port,
+            metrics_port=metrics_port,
             workdir=workdir.resolve(),
             echo=click.echo,
         )
@@ -167,12 +273,22 @@ def simulate(targets: int, port: int, host: str, seed: int) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(as_json: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help=f"Exit {EXIT_UNHEALTHY} unless a publish was acknowledged within "
+    f"{STALE_AFTER_PERIODS} refresh periods (for health checks and scripts).",
+)
+def status(as_json: bool, check: bool) -> None:
     """Show the cluster: leader, epoch, last published seq and its age, cycles, overruns.
 
+    Read from Redis, so it works from any host that reaches it.
+
     \b
-    Example:
-      pacing status --json
+    Examples:
+      pacing status
+      pacing status --json | jq .last_published_age_seconds
+      pacing status --check || page-someone
     """
     import redis  # noqa: PLC0415
 
@@ -190,9 +306,101 @@ def status(as_json: bool) -> None:
         client.close()
     if as_json:
         click.echo(json.dumps(state, indent=2))
-        return
-    for key, value in state.items():
-        click.echo(f"{key:28} {value}")
+    else:
+        for key, value in state.items():
+            click.echo(f"{key:28} {'-' if value is None else value}")
+    if check:
+        age = state["last_published_age_seconds"]
+        limit = STALE_AFTER_PERIODS * settings.refresh_period_seconds
+        if state["leader"] is None or age is None or age > limit:
+            _fail(
+                f"the cluster is not publishing: last publish "
+                f"{'never' if age is None else f'{age:.1f} s ago'}, leader "
+                f"{state['leader'] or 'none'} (limit {limit:g} s); "
+                "see docs/operators-monitoring.md.",
+                EXIT_UNHEALTHY,
+            )
+
+
+# --- exporter ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--port", default=9808, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 only behind a firewall (metrics name your nodes).",
+)
+def exporter(port: int, address: str) -> None:
+    """Serve the cluster's metrics for Prometheus at http://ADDRESS:PORT/metrics.
+
+    One exporter per cluster is enough (it reads Redis, not the workers). Outside development
+    mode it requires PACING_METRICS_BASIC_AUTH=user:password and Prometheus must send it.
+    /healthz answers "ok" without authentication. Runs until Ctrl-C or SIGTERM.
+
+    \b
+    Example:
+      PACING_METRICS_BASIC_AUTH=prom:secret pacing exporter --port 9808
+      curl -u prom:secret http://127.0.0.1:9808/metrics
+    """
+    from prometheus_client import disable_created_metrics  # noqa: PLC0415
+
+    from pacing.keys import Keys  # noqa: PLC0415
+    from pacing.logs import configure_logging  # noqa: PLC0415
+    from pacing.metrics import PacingCollector, serve_metrics  # noqa: PLC0415
+    from pacing.services import redis_client  # noqa: PLC0415
+
+    settings = _settings()
+    auth = settings.metrics_basic_auth
+    if auth is None and not settings.is_development:
+        _fail(
+            "PACING_METRICS_BASIC_AUTH is required outside development mode so only Prometheus "
+            "reads the metrics; set it to user:password.",
+            EXIT_SETTINGS,
+        )
+    configure_logging(level=settings.log_level, json_lines=settings.log_format == "json")
+    # counters' *_created series would double what Prometheus stores and nobody graphs them
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+    client = redis_client(settings.effective_redis_url)
+    collector = PacingCollector(
+        client,
+        Keys(settings.key_prefix),
+        refresh_period_seconds=settings.refresh_period_seconds,
+        clock=time.time,
+    )
+    try:
+        server = serve_metrics(
+            collector,
+            address=address,
+            port=port,
+            credentials=None if auth is None else auth.get_secret_value(),
+        )
+    except OSError as error:
+        client.close()
+        _fail(f"cannot listen on {address}:{port} ({error.strerror}); choose another --port.")
+    stopping = threading.Event()
+
+    def _stop(*_: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    serving = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    serving.start()
+    click.echo(
+        f"Serving metrics at http://{address}:{server.server_port}/metrics "
+        f"({'basic auth' if auth else 'no auth: development mode'}); Ctrl-C stops.",
+        err=True,
+    )
+    try:
+        while not stopping.wait(1.0):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        client.close()
 
 
 # --- db ---------------------------------------------------------------------------------------
@@ -200,12 +408,24 @@ def status(as_json: bool) -> None:
 
 @main.group()
 def db() -> None:
-    """History database migrations."""
+    """History database migrations (Alembic), for PACING_DATABASE_URL.
+
+    \b
+    Example:
+      PACING_DATABASE_URL=postgresql://pacing@db/pacing pacing db upgrade
+    """
 
 
 @db.command("upgrade")
 def db_upgrade() -> None:
-    """Migrate the history database to the newest revision (safe to repeat)."""
+    """Migrate the history database to the newest revision (safe to repeat).
+
+    Run it before starting workers after every upgrade of the service.
+
+    \b
+    Example:
+      pacing db upgrade
+    """
     from pacing.history.migrate import current_revision, upgrade_to_head  # noqa: PLC0415
 
     settings = _settings()
@@ -218,10 +438,20 @@ def db_upgrade() -> None:
 
 @db.command("current")
 def db_current() -> None:
-    """Print the revision the history database is at."""
+    """Print the revision the history database is at ("empty" if never migrated).
+
+    \b
+    Example:
+      pacing db current
+    """
     from pacing.history.migrate import current_revision  # noqa: PLC0415
 
-    click.echo(current_revision(_settings().database_url) or "empty (run `pacing db upgrade`)")
+    settings = _settings()
+    try:
+        revision = current_revision(settings.database_url)
+    except PacingError as error:
+        _fail(str(error))
+    click.echo(revision or "empty (run `pacing db upgrade`)")
 
 
 # --- targets ------------------------------------------------------------------------------------
@@ -238,13 +468,14 @@ TARGET_COLUMNS = (
     "max_budget",
     "enabled",
 )
+TARGET_FILE_FORMATS = ("csv", "yaml")
 
 
 class TargetFileError(ValueError):
     """A line of a targets file is invalid."""
 
 
-def parse_target_rows(rows: Sequence[tuple[int, dict[str, Any]]]) -> list[TargetConfig]:
+def parse_target_rows(rows: Iterable[tuple[int, dict[str, Any]]]) -> list[TargetConfig]:
     """Validate (line number, fields) pairs; raise TargetFileError naming the first bad line."""
     configs: list[TargetConfig] = []
     seen: set[str] = set()
@@ -325,15 +556,31 @@ def _whole_number(name: str, value: Any) -> int:
 
 def read_targets_file(path: Path) -> list[TargetConfig]:
     """Targets from a CSV (header row) or YAML (a list of mappings, or {targets: [...]}) file."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        return _read_yaml_targets(text)
+    return parse_target_rows(target_file_rows(path))
+
+
+def target_file_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The (line number, fields) pairs of a CSV or YAML targets file, not yet validated."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise TargetFileError(f"not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    if _file_format(path) == "yaml":
+        return _yaml_rows(text)
     reader = csv.DictReader(io.StringIO(text))
-    rows = [
-        (reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k})
-        for row in reader
-    ]
-    return parse_target_rows(rows)
+    try:
+        return [
+            (reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k})
+            for row in reader
+        ]
+    except csv.Error as error:
+        raise TargetFileError(f"line {reader.line_num}: not valid CSV ({error})") from None
+
+
+def _file_format(path: Path, explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    return "yaml" if path.suffix.lower() in (".yaml", ".yml") else "csv"
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -349,7 +596,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str,
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml_targets(text: str) -> list[TargetConfig]:
+def _yaml_rows(text: str) -> list[tuple[int, dict[str, Any]]]:
     try:
         data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
@@ -359,70 +606,17 @@ def _read_yaml_targets(text: str) -> list[TargetConfig]:
     if not isinstance(data, list):
         raise TargetFileError("line 1: expected a list of targets (or a mapping with 'targets')")
     rows = []
-    for item in data:
+    for index, item in enumerate(data, start=1):
         if not isinstance(item, dict):
-            raise TargetFileError(f"an entry is not a mapping: {item!r:.60}")
+            raise TargetFileError(f"entry {index} is not a mapping of columns: {item!r:.60}")
         line = item.pop("__line__", 0)
         rows.append((line, item))
-    return parse_target_rows(rows)
+    return rows
 
 
-@main.group()
-def targets() -> None:
-    """Manage pacing targets (agent groups) in the history database."""
-
-
-@targets.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def targets_import(file: Path) -> None:
-    """Import or update targets from a CSV or YAML file; all or nothing.
-
-    Columns: id (required), name, kind, channel, algorithm, objective, goal, proactive_ratio,
-    max_budget, enabled.
-
-    \b
-    Example:
-      pacing targets import groups.csv
-    """
-    from pacing.history import repository  # noqa: PLC0415
-
-    try:
-        configs = read_targets_file(file)
-    except TargetFileError as error:
-        click.echo(f"Error: {file}: {error}. Nothing was imported.", err=True)
-        sys.exit(2)
-    settings = _settings()
-    engine = _engine(settings)
-    try:
-        count = repository.upsert_targets(engine, configs)
-    except PacingError as error:
-        _fail(str(error))
-    finally:
-        engine.dispose()
-    click.echo(f"Imported {count} targets from {file}.")
-
-
-@targets.command("list")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv"]),
-    default="table",
-    show_default=True,
-)
-@click.option("--enabled-only", is_flag=True)
-def targets_list(fmt: str, enabled_only: bool) -> None:
-    """List the configured targets."""
-    from pacing.history import repository  # noqa: PLC0415
-
-    engine = _engine(_settings())
-    try:
-        configs = repository.list_targets(engine, enabled_only=enabled_only)
-    except PacingError as error:
-        _fail(str(error))
-    finally:
-        engine.dispose()
-    rows = [
+def target_rows(configs: Iterable[TargetConfig]) -> list[dict[str, Any]]:
+    """Targets as plain rows with the file columns (what `targets import` reads back)."""
+    return [
         {
             "id": t.target_id,
             "name": t.name,
@@ -437,7 +631,157 @@ def targets_list(fmt: str, enabled_only: bool) -> None:
         }
         for t in configs
     ]
-    _emit(rows, fmt, columns=list(TARGET_COLUMNS))
+
+
+def _progress(items: Sequence[_T], label: str) -> contextlib.AbstractContextManager[Iterable[_T]]:
+    """A progress bar on stderr over ``items`` when there are many (a no-op context if not)."""
+    if len(items) < PROGRESS_FROM_ROWS:
+        return contextlib.nullcontext(items)
+    return click.progressbar(items, label=label, file=sys.stderr)
+
+
+def _load_targets(*, enabled_only: bool = False) -> list[TargetConfig]:
+    from pacing.history import repository  # noqa: PLC0415
+
+    engine = _engine(_settings())
+    try:
+        return repository.list_targets(engine, enabled_only=enabled_only)
+    except PacingError as error:
+        _fail(str(error))
+    finally:
+        engine.dispose()
+
+
+@main.group()
+def targets() -> None:
+    """Manage pacing targets (agent groups, virtual queues) in the history database.
+
+    Changes reach the leader within about 10 seconds; no restart is needed.
+
+    \b
+    Example:
+      pacing targets export all.yaml && pacing targets import all.yaml
+    """
+
+
+@targets.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(TARGET_FILE_FORMATS),
+    default=None,
+    help="File format; default: from the suffix (.yaml/.yml, else CSV).",
+)
+def targets_import(file: Path, fmt: str | None) -> None:
+    """Import or update targets from a CSV or YAML file; all or nothing.
+
+    Columns: id (required), name, kind, channel, algorithm, objective, goal, proactive_ratio,
+    max_budget, enabled. Targets not in the file are left as they are. If any line is invalid
+    the error names it (exit 2) and nothing is imported.
+
+    \b
+    Examples:
+      pacing targets import groups.csv
+      pacing targets import groups.yaml
+    """
+    from pacing.history import repository  # noqa: PLC0415
+
+    def refuse(message: str) -> NoReturn:
+        _fail(f"{file}: {message}. Nothing was imported.", EXIT_USAGE)
+
+    try:
+        rows = (
+            _yaml_rows(file.read_text(encoding="utf-8"))
+            if _file_format(file, fmt) == "yaml"
+            else target_file_rows(file)
+        )
+        with _progress(rows, "Validating targets") as bar:
+            configs = parse_target_rows(bar)
+    except TargetFileError as error:
+        refuse(str(error))
+    except UnicodeDecodeError:
+        refuse("not UTF-8 text; save it as UTF-8")
+    if not configs:
+        refuse("there are no targets in it")
+    settings = _settings()
+    engine = _engine(settings)
+    if len(configs) >= PROGRESS_FROM_ROWS:
+        click.echo(f"Writing {len(configs)} targets in one transaction…", err=True)
+    try:
+        count = repository.upsert_targets(engine, configs)
+    except ValueError as error:  # a rule of the database the file checks above do not know
+        refuse(str(error).rstrip("."))
+    except PacingError as error:
+        _fail(str(error))
+    finally:
+        engine.dispose()
+    click.echo(f"Imported {count} targets from {file}.")
+
+
+@targets.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(TARGET_FILE_FORMATS),
+    default=None,
+    help="File format; default: from the suffix (.yaml/.yml, else CSV); CSV for '-'.",
+)
+@click.option("--enabled-only", is_flag=True, help="Only the targets being paced.")
+def targets_export(file: Path, fmt: str | None, enabled_only: bool) -> None:
+    """Write every target to a CSV or YAML file that `pacing targets import` reads back.
+
+    FILE '-' writes to standard output. The file is replaced only once it is complete.
+
+    \b
+    Examples:
+      pacing targets export backup.csv
+      pacing targets export - --format yaml | less
+    """
+    rows = target_rows(_load_targets(enabled_only=enabled_only))
+    file_format = _file_format(file, fmt)
+    out = io.StringIO()
+    with _progress(rows, "Exporting targets") as bar:
+        if file_format == "yaml":
+            yaml.safe_dump(
+                {"targets": list(bar)}, out, sort_keys=False, allow_unicode=True, width=100
+            )
+        else:
+            writer = csv.DictWriter(out, fieldnames=list(TARGET_COLUMNS), lineterminator="\n")
+            writer.writeheader()
+            for row in bar:
+                writer.writerow({**row, "enabled": "true" if row["enabled"] else "false"})
+    if str(file) == "-":
+        click.echo(out.getvalue(), nl=False)
+        return
+    partial = file.with_name(f".{file.name}.partial")
+    try:
+        partial.write_text(out.getvalue(), encoding="utf-8")
+        partial.replace(file)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        _fail(f"cannot write {file} ({error.strerror}); check the folder and its permissions.")
+    click.echo(f"Exported {len(rows)} targets to {file}.", err=True)
+
+
+@targets.command("list")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--enabled-only", is_flag=True, help="Only the targets being paced.")
+def targets_list(fmt: str, enabled_only: bool) -> None:
+    """List the configured targets.
+
+    \b
+    Example:
+      pacing targets list --enabled-only --format csv
+    """
+    _emit(target_rows(_load_targets(enabled_only=enabled_only)), fmt, columns=list(TARGET_COLUMNS))
 
 
 def _set_enabled(ids: tuple[str, ...], *, enabled: bool) -> None:
@@ -445,8 +789,7 @@ def _set_enabled(ids: tuple[str, ...], *, enabled: bool) -> None:
 
     bad = [i for i in ids if not is_valid_target_id(i)]
     if bad:
-        click.echo(f"Error: invalid target id(s): {', '.join(map(repr, bad))}.", err=True)
-        sys.exit(2)
+        _fail(f"invalid target id(s): {', '.join(map(repr, bad))}.", EXIT_USAGE)
     engine = _engine(_settings())
     try:
         changed = repository.set_targets_enabled(engine, list(ids), enabled=enabled)
@@ -460,14 +803,24 @@ def _set_enabled(ids: tuple[str, ...], *, enabled: bool) -> None:
 @targets.command("enable")
 @click.argument("target_ids", nargs=-1, required=True)
 def targets_enable(target_ids: tuple[str, ...]) -> None:
-    """Start pacing these targets (within about 10 seconds)."""
+    """Start pacing these targets (within about 10 seconds); unknown ids are counted out.
+
+    \b
+    Example:
+      pacing targets enable sales-1 support-2
+    """
     _set_enabled(target_ids, enabled=True)
 
 
 @targets.command("disable")
 @click.argument("target_ids", nargs=-1, required=True)
 def targets_disable(target_ids: tuple[str, ...]) -> None:
-    """Stop pacing these targets (they leave the next full snapshot)."""
+    """Stop pacing these targets (they leave the next full snapshot).
+
+    \b
+    Example:
+      pacing targets disable sales-1
+    """
     _set_enabled(target_ids, enabled=False)
 
 
@@ -475,6 +828,7 @@ def targets_disable(target_ids: tuple[str, ...]) -> None:
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_WHEN_HELP = "Duration ago (30m, 2h, 1d) or ISO time (UTC unless it has a zone)."
 
 
 def parse_when(value: str | None, *, now: datetime) -> datetime | None:
@@ -494,17 +848,71 @@ def parse_when(value: str | None, *, now: datetime) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _format_option(default: str | None = "table") -> Callable[[_F], _F]:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "csv", "json"]),
+        default=default,
+        show_default=default is not None,
+        help=None if default else "Also print the rows (default with --plot: only the PNG).",
+    )
+
+
+def _plot_option() -> Callable[[_F], _F]:
+    return click.option(
+        "--plot",
+        type=click.Path(dir_okay=False, writable=True, path_type=Path),
+        default=None,
+        help="Write a PNG plot to this file (step plots over time).",
+    )
+
+
+def _window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    now = datetime.now(UTC)
+    start, end = parse_when(since, now=now), parse_when(until, now=now)
+    if start is not None and end is not None and start >= end:
+        raise click.BadParameter(
+            f"--since ({start.isoformat()}) must be before --until ({end.isoformat()})"
+        )
+    return start, end
+
+
+CYCLE_COLUMNS = [
+    "seq",
+    "epoch",
+    "node",
+    "started_at",
+    "latency_ms",
+    "fetch_ms",
+    "pace_ms",
+    "merge_ms",
+    "publish_ms",
+    "target_count",
+    "changed_count",
+    "error_count",
+    "payload_kind",
+    "payload_bytes",
+    "publish_status",
+]
+
+
 @main.command()
-@click.option("--last", "limit", default=20, show_default=True, type=click.IntRange(1, 100_000))
 @click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv"]),
-    default="table",
+    "--last",
+    "limit",
+    default=20,
     show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many cycles, newest first.",
 )
+@_format_option()
 def cycles(limit: int, fmt: str) -> None:
-    """The last N cycles: seq, epoch, leader, times, stage latencies, counts, publish status.
+    """The last N cycles: seq, epoch, leader, latency and per-stage times, counts, status.
+
+    latency_ms runs from the beat tick to the acknowledged publish (empty if the cycle did not
+    publish); the stages are fetch (Stat Server), pace (the algorithm), merge (shards and
+    payload) and publish (the POST).
 
     \b
     Example:
@@ -514,74 +922,150 @@ def cycles(limit: int, fmt: str) -> None:
 
     engine = _engine(_settings())
     try:
-        rows = [_plain(c) for c in repository.last_cycles(engine, limit)]
+        summaries = repository.last_cycles(engine, limit)
     except PacingError as error:
         _fail(str(error))
     finally:
         engine.dispose()
-    _emit(
-        rows,
-        fmt,
-        columns=[
-            "seq",
-            "epoch",
-            "node",
-            "started_at",
-            "fetch_ms",
-            "pace_ms",
-            "merge_ms",
-            "publish_ms",
-            "target_count",
-            "changed_count",
-            "error_count",
-            "payload_kind",
-            "payload_bytes",
-            "publish_status",
-        ],
-    )
+    rows = []
+    for summary in summaries:
+        row = _plain(summary)
+        published = summary.published_at
+        row["latency_ms"] = (
+            None
+            if published is None
+            else round((published - summary.started_at).total_seconds() * 1000, 1)
+        )
+        rows.append({c: row.get(c) for c in [*CYCLE_COLUMNS, *row]})
+    _emit(rows, fmt, columns=CYCLE_COLUMNS)
 
 
 @main.command()
 @click.argument("target_id")
-@click.option(
-    "--since", default="1h", show_default=True, help="Duration (30m, 2h, 1d) or ISO time."
-)
-@click.option("--until", default=None, help="Duration ago or ISO time; default now.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-)
-def history(target_id: str, since: str, until: str | None, fmt: str) -> None:
-    """One target's pacing history as a step function (a row per change).
+@click.option("--since", default="1h", show_default=True, help=_WHEN_HELP)
+@click.option("--until", default=None, help=f"{_WHEN_HELP} Default: now.")
+@_format_option(default=None)
+@_plot_option()
+def history(
+    target_id: str, since: str, until: str | None, fmt: str | None, plot: Path | None
+) -> None:
+    """One target's pacing history as a step function (a row per change), or a PNG plot.
+
+    Each row is the decision in force from `at` until the next row: proactive budget, reactive
+    state, reason, and the Stat Server inputs that led to it (agents ready and busy,
+    interactions waiting). The first row is the decision already in force at --since.
 
     \b
-    Example:
+    Examples:
       pacing history chat-0001 --since 30m --format csv
+      pacing history chat-0001 --since 2026-11-26T08:00 --until 2026-11-26T12:00 --plot h.png
     """
     from pacing.history import repository  # noqa: PLC0415
 
     if not is_valid_target_id(target_id):
         raise click.BadParameter(f"{target_id!r} is not a valid target id", param_hint="TARGET_ID")
-    now = datetime.now(UTC)
+    start, end = _window(since, until)
     engine = _engine(_settings())
     try:
-        points = repository.target_history(
-            engine, target_id, since=parse_when(since, now=now), until=parse_when(until, now=now)
-        )
+        points = repository.target_history(engine, target_id, since=start, until=end)
     except PacingError as error:
         _fail(str(error))
     finally:
         engine.dispose()
     rows = [_plain(p) for p in points]
-    _emit(rows, fmt, columns=list(rows[0]) if rows else ["seq", "at", "proactive_budget"])
+    if plot is None or fmt is not None:
+        _emit(rows, fmt or "table", columns=list(rows[0]) if rows else ["seq", "at"])
+    if plot is not None:
+        from pacing.plots import plot_target_history  # noqa: PLC0415 - matplotlib is slow
+
+        try:
+            plot_target_history(points, plot, target_id=target_id, until=end or datetime.now(UTC))
+        except ValueError as error:
+            _fail(f"{error} Widen --since/--until or check the id with `pacing targets list`.")
+        except OSError as error:
+            _fail(f"cannot write {plot} ({error.strerror}).")
+        click.echo(f"Wrote {plot} ({len(points)} changes).", err=True)
+
+
+@main.command()
+@click.option("--since", default="1h", show_default=True, help=_WHEN_HELP)
+@click.option("--until", default=None, help=f"{_WHEN_HELP} Default: now.")
+@_format_option(default=None)
+@_plot_option()
+def channels(since: str, until: str | None, fmt: str | None, plot: Path | None) -> None:
+    """Channel totals per cycle (summed proactive budget and ready capacity), or a PNG plot.
+
+    \b
+    Examples:
+      pacing channels --since 15m
+      pacing channels --since 1d --plot channels.png
+    """
+    from pacing.history import repository  # noqa: PLC0415
+
+    start, end = _window(since, until)
+    engine = _engine(_settings())
+    try:
+        points = repository.channel_totals(engine, since=start, until=end)
+    except PacingError as error:
+        _fail(str(error))
+    finally:
+        engine.dispose()
+    rows = [_plain(p) for p in points]
+    if plot is None or fmt is not None:
+        _emit(
+            rows,
+            fmt or "table",
+            columns=["seq", "at", "channel", "proactive_budget", "ready_capacity", "target_count"],
+        )
+    if plot is not None:
+        from pacing.plots import plot_channel_totals  # noqa: PLC0415 - matplotlib is slow
+
+        try:
+            plot_channel_totals(points, plot, until=end or datetime.now(UTC))
+        except ValueError as error:
+            _fail(f"{error} Widen --since/--until.")
+        except OSError as error:
+            _fail(f"cannot write {plot} ({error.strerror}).")
+        click.echo(f"Wrote {plot} ({len({p.seq for p in points})} cycles).", err=True)
+
+
+@main.command()
+@click.option(
+    "--last",
+    "limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many leadership epochs, newest first.",
+)
+@_format_option()
+def leaders(limit: int, fmt: str) -> None:
+    """Leadership changes: which node led each epoch, from when to when, replacing whom.
+
+    An epoch starts when a node takes a free lease (start-up, or the leader stopped renewing
+    it); frequent changes mean nodes lose Redis or stall longer than the lease TTL.
+
+    \b
+    Example:
+      pacing leaders --last 5
+    """
+    from pacing.history import repository  # noqa: PLC0415
+
+    engine = _engine(_settings())
+    try:
+        changes = repository.leadership_changes(engine, limit)
+    except PacingError as error:
+        _fail(str(error))
+    finally:
+        engine.dispose()
+    _emit(
+        [_plain(c) for c in changes],
+        fmt,
+        columns=["epoch", "node", "acquired_at", "released_at", "previous_node", "previous_epoch"],
+    )
 
 
 def _plain(item: Any) -> dict[str, Any]:
-    from dataclasses import asdict  # noqa: PLC0415
-
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(item).items()}
 
 
@@ -615,3 +1099,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
     return str(value)
+
+
+if __name__ == "__main__":  # `python -m pacing.cli`, e.g. where the script is not on PATH
+    main()

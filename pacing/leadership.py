@@ -73,6 +73,16 @@ return 0
 """
 
 
+_RAISE_SEQ_FLOOR = """
+-- KEYS: seq ; ARGV: floor
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
 class Role(enum.Enum):
     """What a refresh tick found."""
 
@@ -105,6 +115,7 @@ class Leadership:
         self._refresh = client.register_script(_REFRESH)
         self._claim = client.register_script(_CLAIM_PUBLISH)
         self._finish = client.register_script(_FINISH)
+        self._raise_seq_floor = client.register_script(_RAISE_SEQ_FLOOR)
 
     def tick(self, *, node: str, lease_ttl_seconds: float, deadline_seconds: float) -> TickOutcome:
         """Take or renew ``node``'s lease; if it leads and nothing is in flight, start a cycle."""
@@ -132,6 +143,19 @@ class Leadership:
     def finish_cycle(self, *, epoch: int, seq: int) -> None:
         """Clear the in-flight marker if it is still this cycle's, so the next tick may start."""
         self._finish(keys=[self._keys.inflight], args=[f"{epoch}:{seq}"])
+
+    def epoch_is_current(self, epoch: int) -> bool:
+        """True while the lease is held at ``epoch`` (by whichever node took it then)."""
+        holder = _text(self._client.get(self._keys.lease))
+        return holder.partition(":")[0] == str(epoch)
+
+    def raise_seq_floor(self, seq: int) -> bool:
+        """Make the next cycle's seq larger than ``seq``; never moves the counter backwards.
+
+        For a receiver that holds a seq this cluster never reached: Redis lost its data (a
+        restart without persistence) and the counter started again from 1.
+        """
+        return bool(self._raise_seq_floor(keys=[self._keys.seq], args=[seq]))
 
     def count(self, counter: str, amount: int = 1) -> None:
         self._client.hincrby(self._keys.counters, counter, amount)

@@ -141,13 +141,21 @@ def start_local_stack(
     targets: int,
     nodes: int,
     flower_port: int,
+    metrics_port: int = 9808,
     workdir: Path,
     echo: Callable[[str], None],
 ) -> LocalStack:
     """Start everything; on any failure stop what was started and re-raise."""
     stack = LocalStack(settings=settings, workdir=workdir)
     try:
-        _start(stack, targets=targets, nodes=nodes, flower_port=flower_port, echo=echo)
+        _start(
+            stack,
+            targets=targets,
+            nodes=nodes,
+            flower_port=flower_port,
+            metrics_port=metrics_port,
+            echo=echo,
+        )
     except BaseException:
         stack.stop()
         raise
@@ -155,7 +163,13 @@ def start_local_stack(
 
 
 def _start(
-    stack: LocalStack, *, targets: int, nodes: int, flower_port: int, echo: Callable[[str], None]
+    stack: LocalStack,
+    *,
+    targets: int,
+    nodes: int,
+    flower_port: int,
+    metrics_port: int,
+    echo: Callable[[str], None],
 ) -> None:
     settings = stack.settings
     if not settings.is_development:
@@ -264,20 +278,41 @@ def _start(
         + ")"
     )
 
-    # 5. Flower, on loopback, with a password made for this run.
-    password = secrets.token_urlsafe(12)
+    # 5. Flower, on loopback, with PACING_FLOWER_BASIC_AUTH or else a password made for this
+    # run; in Flower's environment, not its command line, where `ps` would show it to everyone.
+    flower_env = dict(env)
+    if settings.flower_basic_auth is None:
+        password = secrets.token_urlsafe(12)
+        flower_env["PACING_FLOWER_BASIC_AUTH"] = f"admin:{password}"
+        login = f"user admin, password {password}"
+    else:
+        login = "user and password of PACING_FLOWER_BASIC_AUTH"
     stack.spawn(
         "flower",
+        [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"],
+        flower_env,
+    )
+    echo(f"Flower       http://127.0.0.1:{flower_port}  ({login})")
+
+    # 6. The Prometheus exporter of the business metrics, on loopback.
+    if not port_is_free("127.0.0.1", metrics_port):
+        raise ConfigurationError(
+            f"Port {metrics_port} for the metrics exporter is taken; stop what uses it or pass "
+            "--metrics-port."
+        )
+    stack.spawn(
+        "exporter",
         [
-            *celery,
-            "flower",
+            sys.executable,
+            "-m",
+            "pacing.cli",
+            "exporter",
             "--address=127.0.0.1",
-            f"--port={flower_port}",
-            f"--basic-auth=admin:{password}",
+            f"--port={metrics_port}",
         ],
         env,
     )
-    echo(f"Flower       http://127.0.0.1:{flower_port}  (user admin, password {password})")
+    echo(f"Metrics      http://127.0.0.1:{metrics_port}/metrics  (Prometheus)")
     echo(f"Logs         {stack.workdir / 'logs'}")
 
 

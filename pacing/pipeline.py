@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import requests
 
 from pacing import algorithms
 from pacing.algorithms import PacingInputs, PacingParameters, PacingTargets
@@ -123,18 +124,21 @@ def pace_shard(
     clock = services.clock
     ids = [t.target_id for t in targets]
     started = time.perf_counter()
+    statistics: Mapping[str, TargetStatistics | StatisticsError]
     try:
-        statistics: Mapping[str, TargetStatistics | StatisticsError] = services.stat_server.fetch(
-            ids
-        )
+        statistics = services.stat_server.fetch(ids)
     except StatServerUnavailable as error:
+        # design.md §3.1: with both gateways down, a target keeps its last good statistics
+        # while they are younger than stats_max_age; only then is it paced as stale (budget 0)
+        statistics = last_good_statistics(
+            services, ids, now=clock(), max_age_seconds=services.settings.stats_max_age
+        )
         logger.warning(
-            "no Stat Server answered; shard paced as stale",
+            "no Stat Server answered; shard paced on its last good statistics or as stale",
             extra={"seq": seq, "shard": shard, "error": str(error)},
         )
-        statistics = {
-            tid: StatisticsError(tid, Reason.STALE, "no Stat Server answered") for tid in ids
-        }
+    else:
+        remember_statistics(services, statistics)
     fetched = time.perf_counter()
 
     state, feedback = services.state.load(ids, width=algorithms.STATE_WIDTH)
@@ -162,6 +166,88 @@ def pace_shard(
         fetch_ms=(fetched - started) * 1000,
         pace_ms=(paced - fetched) * 1000,
     )
+
+
+# --- last good statistics (both Stat Servers down) ---------------------------------------------
+
+#: timestamp, then the fields of TargetStatistics in this order, as little-endian float64
+_LAST_STATISTICS_FIELDS = (
+    "timestamp",
+    "agents_logged_in",
+    "agents_ready",
+    "agents_busy",
+    "interactions_waiting",
+    "aht_seconds",
+    "answered_total",
+    "abandoned_total",
+    "reactive_arrivals_total",
+)
+#: refreshed by every successful fetch; the expiry only clears the rows of a stopped cluster
+LAST_STATISTICS_TTL_SECONDS = 24 * 3600
+
+
+def _last_statistics_key(services: Services) -> str:
+    # not in pacing.keys: this hash is private to the two functions below
+    return f"{services.keys.prefix}:last_statistics"
+
+
+def remember_statistics(
+    services: Services, statistics: Mapping[str, TargetStatistics | StatisticsError]
+) -> None:
+    """Keep each target's last valid statistics (one round trip per shard)."""
+    mapping: dict[str | bytes, bytes] = {
+        tid: np.array(
+            [getattr(row, name) for name in _LAST_STATISTICS_FIELDS], dtype="<f8"
+        ).tobytes()
+        for tid, row in statistics.items()
+        if isinstance(row, TargetStatistics)
+    }
+    if not mapping:
+        return
+    key = _last_statistics_key(services)
+    pipe = services.redis.pipeline(transaction=False)
+    pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]  # redis-py's EncodableT mapping
+    pipe.expire(key, LAST_STATISTICS_TTL_SECONDS)
+    pipe.execute()
+
+
+def last_good_statistics(
+    services: Services, ids: Sequence[str], *, now: float, max_age_seconds: float
+) -> dict[str, TargetStatistics | StatisticsError]:
+    """Each target's last valid statistics if younger than ``max_age_seconds``, else STALE."""
+    raw: list[bytes | str | None] = services.redis.hmget(_last_statistics_key(services), list(ids))
+    width = len(_LAST_STATISTICS_FIELDS)
+    result: dict[str, TargetStatistics | StatisticsError] = {}
+    for tid, value in zip(ids, raw, strict=True):
+        if not isinstance(value, bytes) or len(value) != width * 8:
+            result[tid] = StatisticsError(
+                tid, Reason.STALE, "no Stat Server answered and no earlier statistics are known"
+            )
+            continue
+        numbers = np.frombuffer(value, dtype="<f8").tolist()
+        age = now - numbers[0]
+        if age > max_age_seconds:
+            result[tid] = StatisticsError(
+                tid,
+                Reason.STALE,
+                f"no Stat Server answered; the last statistics are {age:.1f} s old "
+                f"(limit {max_age_seconds:g} s)",
+            )
+            continue
+        fields = dict(zip(_LAST_STATISTICS_FIELDS, numbers, strict=True))
+        result[tid] = TargetStatistics(
+            target_id=tid,
+            timestamp=fields["timestamp"],
+            agents_logged_in=int(fields["agents_logged_in"]),
+            agents_ready=int(fields["agents_ready"]),
+            agents_busy=int(fields["agents_busy"]),
+            interactions_waiting=int(fields["interactions_waiting"]),
+            aht_seconds=fields["aht_seconds"],
+            answered_total=int(fields["answered_total"]),
+            abandoned_total=int(fields["abandoned_total"]),
+            reactive_arrivals_total=int(fields["reactive_arrivals_total"]),
+        )
+    return result
 
 
 def failed_shard(*, seq: int, shard: int, targets: Sequence[TargetConfig]) -> ShardRows:
@@ -309,6 +395,11 @@ def publish_cycle(
     publish_started = time.perf_counter()
     status, failure = _fenced_post(services, context, body=body, deadline=deadline, sleep=sleep)
     publish_ms = (time.perf_counter() - publish_started) * 1000
+    if status in ("failed", "expired", "in_doubt"):
+        # The receiver may or may not hold this cycle (a POST that timed out can still land),
+        # so a delta against the last acknowledged base could be refused with a 409 and cost
+        # another cycle: after a failed publish, publishing resumes with a full snapshot.
+        services.redis.set(keys.force_full, 1)
     if status == "published":
         if full:
             services.redis.delete(keys.force_full)
@@ -364,18 +455,32 @@ def _fenced_post(
     if verdict is FenceVerdict.SUPERSEDED:
         logger.warning("not publishing: a newer cycle already published", extra=extra)
         return "fenced", "a newer seq already claimed the publish"
+    # An attempt that was sent but never answered (a read timeout) may still be applied by the
+    # receiver, late: such a cycle ends "in_doubt", which keeps its decisions in the history,
+    # instead of "failed", which would leave the receiver holding decisions the history lacks.
+    sent_unanswered = False
     while True:
         if services.clock() >= deadline:
             # a newer cycle may already be running; this one's data is too old to be useful
             logger.warning("not publishing: the cycle is past its deadline", extra=extra)
+            if sent_unanswered:
+                return "in_doubt", "no answer before the deadline; the receiver may hold it"
             return "expired", "the cycle passed its deadline before it could publish"
         try:
             ack = services.engagement.publish(seq=context.seq, body=body)
         except EngagementUnavailable as error:
+            sent_unanswered = sent_unanswered or _unanswered(error)
             if services.clock() + PUBLISH_RETRY_PAUSE_SECONDS >= deadline:
                 logger.warning("publish failed until the deadline: %s", error, extra=extra)
-                return "failed", _short(error)
+                return ("in_doubt" if sent_unanswered else "failed"), _short(error)
             sleep(PUBLISH_RETRY_PAUSE_SECONDS)
+            # The fence was claimed once, before the first attempt; a retry comes later, and
+            # the deadline may outlast the lease (cycle_deadline may be up to 2 × lease_ttl).
+            # A cycle whose leader was deposed meanwhile must not send again.
+            if not services.leadership.epoch_is_current(context.epoch):
+                logger.warning("not retrying: this cycle's leader was deposed", extra=extra)
+                status = "in_doubt" if sent_unanswered else "fenced"
+                return status, "the leader was deposed while the publish was retried"
             continue
         except DeltaBaseMismatch as error:
             services.redis.set(services.keys.force_full, 1)
@@ -385,12 +490,33 @@ def _fenced_post(
             if error.last_seq == context.seq:
                 # an earlier attempt of this very cycle arrived (its answer timed out)
                 return "published", None
+            # This cycle passed the fence, so no newer cycle of ours claimed it: a receiver
+            # holding a larger seq means Redis lost its data (a restart without persistence)
+            # and INCR began again at 1. Jump past the receiver's seq, or every cycle would be
+            # refused until the counter caught up (minutes to days).
+            if (
+                error.last_seq is not None
+                and error.last_seq > context.seq
+                and services.leadership.raise_seq_floor(error.last_seq)
+            ):
+                logger.warning(
+                    "the receiver holds a newer seq than this cluster; seq raised past it",
+                    extra={**extra, "receiver_seq": error.last_seq},
+                )
             return "stale_seq", _short(error)
         except (EngagementRejected, InvalidResponse) as error:
             logger.error("publish rejected: %s", error, extra=extra)
             return "failed", _short(error)
         services.state.save_feedback(ack.feedback)
         return "published", None
+
+
+def _unanswered(error: EngagementUnavailable) -> bool:
+    """True if the request went out and its answer did not come (a connect timeout did not)."""
+    cause = error.__cause__
+    return isinstance(cause, requests.exceptions.Timeout) and not isinstance(
+        cause, requests.exceptions.ConnectTimeout
+    )
 
 
 def _decision_rows(

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
 
     # --- operators --------------------------------------------------------------------------
     flower_basic_auth: SecretStr | None = None  # "user:password"
+    metrics_basic_auth: SecretStr | None = None  # "user:password" for `pacing exporter`
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -221,6 +222,10 @@ class Settings(BaseSettings):
             self.flower_basic_auth.get_secret_value()
         ):
             _refuse("flower_basic_auth", "must look like user:password; set it in that form")
+        if self.metrics_basic_auth is not None and ":" not in (
+            self.metrics_basic_auth.get_secret_value()
+        ):
+            _refuse("metrics_basic_auth", "must look like user:password; set it in that form")
         return self
 
     def redacted(self) -> dict[str, Any]:

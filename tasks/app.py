@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import ssl
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init
 
-from pacing.logs import configure_logging
+from pacing.logs import bind_log_context, clear_log_context, configure_logging
 from pacing.settings import Settings, load_settings
 
 HISTORY_PURGE_PERIOD = timedelta(days=1)
@@ -20,7 +24,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for ``settings`` (celery-notes.md §2.4 gives the reasons)."""
     period = settings.refresh_period_seconds
     beat_dir = settings.sqlite_path.parent if settings.sqlite_path else Path("var")
-    return {
+    return _verified_tls(settings) | {
         "broker_url": settings.broker_url,
         "result_backend": settings.effective_result_backend,
         # JSON only: a pickled message could execute code in the worker
@@ -63,6 +67,53 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _verified_tls(settings: Settings) -> dict[str, Any]:
+    """Certificate verification for ``rediss://`` URLs that do not choose ``ssl_cert_reqs``.
+
+    kombu connects to a bare ``rediss://`` broker with CERT_NONE (encrypted, but to anyone), and
+    Celery's Redis result backend refuses such a URL; both get CERT_REQUIRED instead, the
+    default of redis-py (``pacing.services``) too. A URL's own ``ssl_cert_reqs`` still wins.
+    """
+    options: dict[str, Any] = {}
+    for name, url in (
+        ("broker_use_ssl", settings.broker_url),
+        ("redis_backend_use_ssl", settings.effective_result_backend),
+    ):
+        parts = urlsplit(url)
+        if parts.scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(parts.query):
+            options[name] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
+
+
+def _closed_channels_raise_connection_errors() -> None:
+    """Keep a worker alive when Redis goes away while it holds unacknowledged messages.
+
+    On losing the broker, celery 5.7's consumer collects the connection, then closes it, and
+    later acknowledges tasks that were running meanwhile; each of those goes through a channel
+    of the collected connection, where kombu 5.7 raises ``AttributeError`` ('NoneType' object
+    has no attribute 'hostname' / 'client') instead of a connection error, and the worker dies
+    ("Unrecoverable error"). The fault suite found it (tests/reliability, restart_redis). Made a
+    connection error, it is what Celery already handles: the ack or the restore is skipped and
+    the message stays in Redis's unacked index until kombu's visibility timeout (our short
+    ``expires`` discards it then).
+    """
+    import redis.exceptions  # noqa: PLC0415 - only for this patch
+    from kombu.transport import redis as kombu_redis  # noqa: PLC0415
+
+    connparams: Any = kombu_redis.Channel._connparams
+    if getattr(connparams, "_pacing_patched", False):
+        return
+
+    def _connparams(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.connection is None or self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the channel's connection was closed")
+        return connparams(self, *args, **kwargs)
+
+    _connparams._pacing_patched = True  # type: ignore[attr-defined]
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
+
+
+_closed_channels_raise_connection_errors()
 settings = load_settings()
 app = Celery("pacing")
 app.conf.update(celery_config(settings))
@@ -79,3 +130,43 @@ def _fresh_resources_after_fork(**_: Any) -> None:
     from tasks.cycle import reset_services  # noqa: PLC0415 - tasks.cycle imports this module
 
     reset_services()
+
+
+#: Task parameters bound to every log line of the task (the cycle's ``context`` dict of
+#: ``pacing.publish_cycle`` is searched too). Never ``targets`` or ``results``: those are payloads.
+LOGGED_PARAMETERS = ("seq", "epoch", "shard", "node")
+
+
+def log_fields(task: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The seq, epoch, shard and node a task was called with, by parameter name."""
+    try:
+        bound = inspect.signature(task.run).bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):  # a malformed message: Celery reports it, logs stay plain
+        return {}
+    fields = {name: bound[name] for name in LOGGED_PARAMETERS if name in bound}
+    context = bound.get("context")
+    if isinstance(context, Mapping):
+        for name in LOGGED_PARAMETERS:
+            if name in context:
+                fields.setdefault(name, context[name])
+    return fields
+
+
+@task_prerun.connect
+def _bind_task_log_context(
+    task_id: str | None = None,
+    task: Any = None,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    clear_log_context()
+    if task is None:
+        return
+    bind_log_context(task=task.name, task_id=task_id, **log_fields(task, args, kwargs or {}))
+
+
+@task_postrun.connect
+def _clear_task_log_context(**_: Any) -> None:
+    # the pool's thread or process runs another task next; its lines must not carry these
+    clear_log_context()

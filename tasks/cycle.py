@@ -22,6 +22,7 @@ from pacing import pipeline
 from pacing.errors import HistoryUnavailable
 from pacing.history import repository
 from pacing.leadership import Role
+from pacing.logs import bind_log_context
 from pacing.pipeline import CycleContext
 from pacing.services import Services
 from tasks.app import app, settings
@@ -57,6 +58,8 @@ def refresh(node: str) -> str:
     )
     if outcome.role is Role.STANDBY:
         return "standby"
+    # from here on every line of this tick belongs to the cycle the tick starts (or skips)
+    bind_log_context(seq=outcome.seq, epoch=outcome.epoch)
     if outcome.new_leader:
         logger.info("%s became leader", node, extra={"epoch": outcome.epoch, "node": node})
         record_leadership.delay(
@@ -110,6 +113,9 @@ def refresh(node: str) -> str:
     reject_on_worker_lost=True,
     soft_time_limit=settings.cycle_deadline * 2,  # the cycle is abandoned long before this
     time_limit=settings.cycle_deadline * 2 + 5,
+    # the result is the shard's rows: Flower and the worker's "succeeded" log line show only
+    # its start (shard, seq), not a kilobyte of target ids and budgets
+    resultrepr_maxsize=64,
 )
 def pace_shard(seq: int, shard: int, targets: list[list[Any]], epoch: int = 0) -> dict[str, Any]:
     """Chord header: statistics → state → pacing → compact rows. Never raises."""

@@ -1,0 +1,372 @@
+"""Business metrics for Prometheus (``pacing exporter``), read from Redis.
+
+Celery workers are many processes on many hosts, so no worker serves metrics itself (that would
+need prometheus_client's multiprocess mode per host and still miss the cluster-wide figures).
+Instead every cycle appends one event to the ``cycle_events`` stream (:mod:`pacing.pipeline`)
+and one long-running exporter turns the stream into histograms and counters, plus the cluster
+state (:func:`pacing.status.cluster_status`) read at scrape time, so ages are computed when
+Prometheus asks.
+
+Each scrape first reads the stream from the last id it saw (``XREAD``), so nothing runs between
+scrapes. On start the exporter replays what the stream still holds (about an hour); Prometheus'
+``rate()`` ignores a counter's starting value, so the replay only fills the gauges.
+
+Metric names (all prefixed ``pacing_``) are documented in docs/operators-monitoring.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from socketserver import ThreadingMixIn
+from typing import Any, Final, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import orjson
+import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pacing.keys import Keys
+from pacing.status import cluster_status
+
+__all__ = ["STAGES", "PacingCollector", "basic_auth", "serve_metrics"]
+
+logger = logging.getLogger(__name__)
+
+#: The cycle's stages as the events report them, and the whole cycle.
+STAGES: Final = ("fetch", "pace", "merge", "publish", "total")
+#: From 5 ms (a small shard's pacing) to 16 s (8 refresh periods: far past any deadline).
+LATENCY_BUCKETS_SECONDS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16)
+#: Events read per XREAD call; a scrape every 15 s at a 2 s period finds about 8.
+READ_BATCH: Final = 500
+
+_WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class PacingCollector(Collector):
+    """Everything ``pacing exporter`` serves; register it in a :class:`CollectorRegistry`."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        refresh_period_seconds: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._refresh_period = refresh_period_seconds
+        self._clock = clock
+        self._last_id = b"0-0"
+        self._lock = threading.Lock()
+        # The stream-fed metrics live in a private registry; collect() yields them after
+        # reading the new events, so one scrape always sees the stream up to that moment.
+        self._events = CollectorRegistry(auto_describe=False)
+        registry = self._events
+        self.stage_seconds = Histogram(
+            "pacing_cycle_stage_seconds",
+            "Duration of each stage of a cycle (fetch, pace, merge, publish) and of the "
+            "whole cycle (total), from the beat tick to the end of the publish.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        self.cycles = Counter(
+            "pacing_cycles",
+            "Finished cycles by outcome (published, fenced, expired, failed, abandoned, ...).",
+            ["status"],
+            registry=registry,
+        )
+        self.targets_paced = Counter(
+            "pacing_targets_paced",
+            "Target decisions made, by the reason of the decision (ok, stale, error, ...).",
+            ["reason"],
+            registry=registry,
+        )
+        self.last_cycle_targets = Gauge(
+            "pacing_last_cycle_targets",
+            "Targets of the last finished cycle, by the reason of their decision.",
+            ["reason"],
+            registry=registry,
+        )
+        self.error_rows = Counter(
+            "pacing_error_rows",
+            "Targets paced with an error row (budget 0 because of bad or missing statistics).",
+            registry=registry,
+        )
+        self.changed_targets = Counter(
+            "pacing_changed_targets",
+            "Target decisions that changed since the previous publish.",
+            registry=registry,
+        )
+        self.publish_bytes = Counter(
+            "pacing_publish_bytes",
+            "Gzipped payload bytes of the cycles that published, by payload kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.last_payload_bytes = Gauge(
+            "pacing_last_payload_bytes",
+            "Gzipped payload bytes of the last cycle that built a payload.",
+            registry=registry,
+        )
+        self.channel_budget = Gauge(
+            "pacing_channel_proactive_budget",
+            "Proactive invitations allowed in the next period, summed over a channel's "
+            "targets, as of the last finished cycle.",
+            ["channel"],
+            registry=registry,
+        )
+        self.channel_ready = Gauge(
+            "pacing_channel_ready_capacity",
+            "Free agent slots now, summed over a channel's targets, as of the last cycle.",
+            ["channel"],
+            registry=registry,
+        )
+        self.channel_targets = Gauge(
+            "pacing_channel_targets",
+            "Targets per channel in the last finished cycle.",
+            ["channel"],
+            registry=registry,
+        )
+        self.last_event_seq = Gauge(
+            "pacing_last_cycle_seq",
+            "Seq of the last finished cycle the exporter has read.",
+            registry=registry,
+        )
+        self.events_read = Counter(
+            "pacing_exporter_events_read",
+            "Cycle events the exporter has read from the Redis stream.",
+            registry=registry,
+        )
+
+    # --- the stream -------------------------------------------------------------------
+
+    def read_events(self) -> int:
+        """Apply every event added since the last call; returns how many were read."""
+        read = 0
+        while True:
+            answer = cast(
+                list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+                self._client.xread({self._keys.cycle_events: self._last_id}, count=READ_BATCH),
+            )
+            entries = answer[0][1] if answer else []
+            if not entries:
+                return read
+            for entry_id, fields in entries:
+                self._last_id = entry_id
+                try:
+                    self._apply(_decode(fields))
+                except (KeyError, ValueError, TypeError):
+                    # an event from a newer release, or damaged: skip it, never stop reading
+                    logger.warning("unreadable cycle event skipped", extra={"id": entry_id})
+            read += len(entries)
+            if len(entries) < READ_BATCH:
+                return read
+
+    def _apply(self, event: Mapping[str, str]) -> None:
+        status = event["status"]
+        latency = float(event["latency_ms"]) / 1000
+        reasons = {str(k): int(v) for k, v in orjson.loads(event["reasons"]).items()}
+        channels = orjson.loads(event["channels"])
+        self.stage_seconds.labels("total").observe(latency)
+        if status != "abandoned":  # an abandoned cycle never merged, so it has no stages
+            for stage in ("fetch", "pace", "merge", "publish"):
+                self.stage_seconds.labels(stage).observe(float(event[f"{stage}_ms"]) / 1000)
+        self.cycles.labels(status).inc()
+        for reason, count in reasons.items():
+            self.targets_paced.labels(reason).inc(count)
+            self.last_cycle_targets.labels(reason).set(count)
+        self.error_rows.inc(int(event["error_rows"]))
+        self.changed_targets.inc(int(event["changed"]))
+        payload_bytes = int(event["payload_bytes"])
+        if status == "published":
+            self.publish_bytes.labels(event["payload_kind"]).inc(payload_bytes)
+        if payload_bytes:
+            self.last_payload_bytes.set(payload_bytes)
+        if channels:
+            for gauge in (self.channel_budget, self.channel_ready, self.channel_targets):
+                gauge.clear()  # a channel without targets any more must disappear
+            for channel, totals in channels.items():
+                self.channel_budget.labels(channel).set(totals["proactive_budget"])
+                self.channel_ready.labels(channel).set(totals["ready_capacity"])
+                self.channel_targets.labels(channel).set(totals["target_count"])
+        self.last_event_seq.set(int(event["seq"]))
+        self.events_read.inc()
+
+    # --- the scrape -----------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:  # the HTTP server answers scrapes on several threads
+            up = GaugeMetricFamily(
+                "pacing_redis_up", "1 if the exporter could read Redis during this scrape."
+            )
+            try:
+                self.read_events()
+                state = self._cluster_state()
+            except redis.exceptions.RedisError as error:
+                logger.warning("Redis unavailable during a scrape: %s", type(error).__name__)
+                up.add_metric([], 0)
+                yield up
+                yield from self._events.collect()
+                return
+            up.add_metric([], 1)
+            yield up
+            yield from self._events.collect()
+            yield from self._state_metrics(state)
+
+    def _cluster_state(self) -> dict[str, Any]:
+        now = self._clock()
+        state = cluster_status(self._client, self._keys, now=now)
+        oldest = self._client.zrange(self._keys.audit_pending, 0, 0, withscores=True)
+        state["audit_oldest_age_seconds"] = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
+        return state
+
+    def _state_metrics(self, state: Mapping[str, Any]) -> Iterator[Metric]:
+        def gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, documentation)
+            if value is not None:
+                family.add_metric([], value)
+            return family
+
+        def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, documentation, value=value)
+
+        age = state["last_published_age_seconds"]
+        yield gauge(
+            "pacing_last_published_age_seconds",
+            "Seconds since the engagement platform last acknowledged a publish, computed at "
+            "scrape time; +Inf if nothing was ever published. Alert above 3 refresh periods.",
+            math.inf if age is None else max(0.0, age),
+        )
+        yield gauge(
+            "pacing_last_published_seq",
+            "Seq of the last cycle the engagement platform acknowledged.",
+            state["last_published_seq"],
+        )
+        yield gauge("pacing_last_seq", "The newest cycle number handed out.", state["last_seq"])
+        yield gauge(
+            "pacing_refresh_period_seconds",
+            "The configured refresh period (for alert rules written in periods).",
+            self._refresh_period,
+        )
+        leader = GaugeMetricFamily(
+            "pacing_leader",
+            "1 for the node holding the leadership lease (see pacing_epoch for its epoch); "
+            "absent while nobody holds the lease.",
+            labels=["node"],
+        )
+        if state["leader"] is not None:
+            leader.add_metric([state["leader"]], 1)
+        yield leader
+        yield gauge(
+            "pacing_epoch", "The current leadership epoch (absent without a lease).", state["epoch"]
+        )
+        yield gauge(
+            "pacing_lease_expires_in_seconds",
+            "Seconds until the leader's lease expires unless renewed.",
+            state["lease_expires_in_seconds"],
+        )
+        yield counter(
+            "pacing_overruns",
+            "Beat ticks skipped because the previous cycle was still in flight.",
+            state["overruns"],
+        )
+        yield counter(
+            "pacing_leadership_changes",
+            "Times a node took a free leadership lease (each starts a new epoch).",
+            state["leadership_changes"],
+        )
+        yield counter(
+            "pacing_cycles_started", "Cycles started by leaders.", state["cycles_started"]
+        )
+        yield counter(
+            "pacing_cycles_published",
+            "Cycles the engagement platform acknowledged.",
+            state["cycles_published"],
+        )
+        yield gauge(
+            "pacing_audit_pending",
+            "Cycle records waiting in Redis for the history database.",
+            state["audit_pending"],
+        )
+        yield gauge(
+            "pacing_audit_oldest_age_seconds",
+            "Age of the oldest cycle record waiting for the history database (0 if none).",
+            state["audit_oldest_age_seconds"],
+        )
+
+
+def _decode(fields: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {key.decode(): value.decode() for key, value in fields.items()}
+
+
+# --- serving -----------------------------------------------------------------------------
+
+
+def basic_auth(app: _WSGIApp, credentials: str | None) -> _WSGIApp:
+    """Wrap ``app`` so it answers 401 unless the request carries ``credentials`` (user:pass)."""
+    if credentials is None:
+        return app
+    expected = credentials.encode()
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, encoded = header.partition(" ")
+        try:
+            given = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            given = b""
+        if scheme.lower() == "basic" and hmac.compare_digest(given, expected):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("WWW-Authenticate", 'Basic realm="pacing metrics"'), ("Content-Type", "text/plain")],
+        )
+        return [b"Authentication required.\n"]
+
+    return guarded
+
+
+def _routes(metrics: _WSGIApp) -> _WSGIApp:
+    def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path == "/healthz":  # liveness of the exporter only; says nothing about the cluster
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"Not found; metrics are at /metrics.\n"]
+
+    return route
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a hung scrape must not keep the process alive on Ctrl-C
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """One line per scrape would drown the service's own log."""
+
+
+def serve_metrics(
+    collector: PacingCollector, *, address: str, port: int, credentials: str | None
+) -> WSGIServer:
+    """An HTTP server for ``/metrics`` (basic auth if ``credentials``) and ``/healthz``.
+
+    The caller runs ``serve_forever()`` (and ``shutdown()`` from another thread to stop it).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    app = _routes(basic_auth(make_wsgi_app(registry), credentials))
+    return make_server(address, port, app, server_class=_Server, handler_class=_QuietHandler)

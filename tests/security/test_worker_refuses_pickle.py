@@ -1,0 +1,153 @@
+"""A real ``celery worker`` process refuses a pickled message instead of unpickling it.
+
+Unpickling runs code chosen by whoever can write to the broker. The message below creates a
+canary file when unpickled; the worker must consume it, log the refusal and leave no file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from kombu import Connection, Producer
+
+from pacing.localstack import LocalStack
+from pacing.settings import load_settings
+from tests.support import wait_for
+
+pytestmark = pytest.mark.integration
+
+QUEUE = "pacing"  # tasks.app: task_default_queue
+REFUSAL = b"Refusing to deserialize untrusted content of type pickle"  # kombu's ContentDisallowed
+
+
+class CreatesFile:
+    """Unpickling this object opens (creates) ``path``: proof that the pickle was executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+UNSAFE_APP = """
+# the service's app with the protection removed: the control experiment of this test
+from tasks import app
+
+app.conf.accept_content = ["json", "pickle"]
+"""
+
+
+def start_worker(tmp_path: Path, app_module: str) -> tuple[LocalStack, Path]:
+    """A worker of the run's settings (conftest put them in the environment) and its log."""
+    settings = load_settings()
+    stack = LocalStack(settings=settings, workdir=tmp_path)
+    (tmp_path / "unsafe_tasks.py").write_text(UNSAFE_APP)
+    env = {
+        **os.environ,
+        "PACING_NODE_NAME": "pickle-test",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path.cwd())]),
+        # Celery itself refuses to accept pickle as root; the control experiment insists
+        "C_FORCE_ROOT": "1",
+    }
+    process = stack.spawn(
+        "worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app_module,
+            "worker",
+            "-n",
+            f"serializer-test-{uuid.uuid4().hex[:6]}@%h",
+            "--pool=solo",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env,
+    )
+    try:
+        wait_for(
+            lambda: b"ready." in process.log_path.read_bytes(),
+            timeout=120,
+            interval=0.5,
+            message="the worker did not start",
+        )
+    except BaseException:
+        stack.stop()
+        raise
+    return stack, process.log_path
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Path]:
+    stack, log = start_worker(tmp_path, "tasks")
+    try:
+        yield log
+    finally:
+        stack.stop()
+
+
+def put_pickled_message(canary: Path) -> None:
+    """A pickled pacing.refresh message that creates ``canary`` when it is unpickled."""
+    settings = load_settings()
+    with Connection(settings.broker_url) as connection:
+        Producer(connection).publish(
+            pickle.dumps(CreatesFile(canary)),
+            routing_key=QUEUE,
+            content_type="application/x-python-serialize",
+            content_encoding="binary",
+            headers={
+                "lang": "py",
+                "task": "pacing.refresh",
+                "id": str(uuid.uuid4()),
+                "argsrepr": "()",
+                "kwargsrepr": "{}",
+            },
+        )
+
+
+def test_a_pickled_message_is_rejected_not_executed(worker: Path, tmp_path: Path) -> None:
+    # given
+    canary = tmp_path / "pickle-was-executed"
+    client = redis.Redis.from_url(load_settings().broker_url)
+
+    # when: a pickled message is put on the worker's queue
+    put_pickled_message(canary)
+
+    # then: the worker takes the message off the queue and refuses to deserialize it
+    wait_for(
+        lambda: REFUSAL in worker.read_bytes() and client.llen(QUEUE) == 0,
+        timeout=60,
+        interval=0.2,
+        message="the worker did not consume and refuse the pickled message",
+    )
+    log = worker.read_bytes()
+    assert not canary.exists(), "the worker unpickled the message"
+    assert b"pacing.refresh[" not in log, "the task ran"
+    client.close()
+
+
+def test_control_a_worker_that_accepts_pickle_would_execute_it(tmp_path: Path) -> None:
+    # given: the same worker with "pickle" added to accept_content
+    stack, _ = start_worker(tmp_path, "unsafe_tasks")
+    canary = tmp_path / "pickle-was-executed"
+    try:
+        # when
+        put_pickled_message(canary)
+
+        # then: the canary appears, so the test above would fail without the protection
+        wait_for(canary.exists, timeout=60, interval=0.2, message="the pickle was not executed")
+    finally:
+        stack.stop()
