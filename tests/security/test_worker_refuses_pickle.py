@@ -19,7 +19,7 @@ from kombu import Connection, Producer
 
 from pacing.localstack import LocalStack
 from pacing.settings import load_settings
-from tests.support import wait_for
+from tests.support import leased_redis_db, redis_url, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +45,23 @@ app.conf.accept_content = ["json", "pickle"]
 """
 
 
-def start_worker(tmp_path: Path, app_module: str) -> tuple[LocalStack, Path]:
-    """A worker of the run's settings (conftest put them in the environment) and its log."""
-    settings = load_settings()
+@pytest.fixture
+def broker_url() -> Iterator[str]:
+    """A Redis database of this test alone: the suite's in-process worker must not take the
+    pickled message off the shared queue before the worker under test sees it."""
+    with leased_redis_db() as db:
+        yield redis_url(db)
+
+
+def start_worker(tmp_path: Path, app_module: str, broker_url: str) -> tuple[LocalStack, Path]:
+    """A worker of the run's settings on ``broker_url``, and its log."""
+    settings = load_settings({"broker_url": broker_url})
     stack = LocalStack(settings=settings, workdir=tmp_path)
     (tmp_path / "unsafe_tasks.py").write_text(UNSAFE_APP)
     env = {
         **os.environ,
         "PACING_NODE_NAME": "pickle-test",
+        "PACING_BROKER_URL": broker_url,
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path.cwd())]),
         # Celery itself refuses to accept pickle as root; the control experiment insists
@@ -91,18 +100,17 @@ def start_worker(tmp_path: Path, app_module: str) -> tuple[LocalStack, Path]:
 
 
 @pytest.fixture
-def worker(tmp_path: Path) -> Iterator[Path]:
-    stack, log = start_worker(tmp_path, "tasks")
+def worker(tmp_path: Path, broker_url: str) -> Iterator[Path]:
+    stack, log = start_worker(tmp_path, "tasks", broker_url)
     try:
         yield log
     finally:
         stack.stop()
 
 
-def put_pickled_message(canary: Path) -> None:
+def put_pickled_message(canary: Path, broker_url: str) -> None:
     """A pickled pacing.refresh message that creates ``canary`` when it is unpickled."""
-    settings = load_settings()
-    with Connection(settings.broker_url) as connection:
+    with Connection(broker_url) as connection:
         Producer(connection).publish(
             pickle.dumps(CreatesFile(canary)),
             routing_key=QUEUE,
@@ -118,13 +126,15 @@ def put_pickled_message(canary: Path) -> None:
         )
 
 
-def test_a_pickled_message_is_rejected_not_executed(worker: Path, tmp_path: Path) -> None:
+def test_a_pickled_message_is_rejected_not_executed(
+    worker: Path, tmp_path: Path, broker_url: str
+) -> None:
     # given
     canary = tmp_path / "pickle-was-executed"
-    client = redis.Redis.from_url(load_settings().broker_url)
+    client = redis.Redis.from_url(broker_url)
 
     # when: a pickled message is put on the worker's queue
-    put_pickled_message(canary)
+    put_pickled_message(canary, broker_url)
 
     # then: the worker takes the message off the queue and refuses to deserialize it
     wait_for(
@@ -139,13 +149,15 @@ def test_a_pickled_message_is_rejected_not_executed(worker: Path, tmp_path: Path
     client.close()
 
 
-def test_control_a_worker_that_accepts_pickle_would_execute_it(tmp_path: Path) -> None:
+def test_control_a_worker_that_accepts_pickle_would_execute_it(
+    tmp_path: Path, broker_url: str
+) -> None:
     # given: the same worker with "pickle" added to accept_content
-    stack, _ = start_worker(tmp_path, "unsafe_tasks")
+    stack, _ = start_worker(tmp_path, "unsafe_tasks", broker_url)
     canary = tmp_path / "pickle-was-executed"
     try:
         # when
-        put_pickled_message(canary)
+        put_pickled_message(canary, broker_url)
 
         # then: the canary appears, so the test above would fail without the protection
         wait_for(canary.exists, timeout=60, interval=0.2, message="the pickle was not executed")
