@@ -79,6 +79,11 @@ class Keys:
         return f"{self.prefix}:feedback"
 
     @property
+    def last_statistics(self) -> str:
+        """Hash: target id → its last valid statistics (packed float64, timestamp first)."""
+        return f"{self.prefix}:last_statistics"
+
+    @property
     def targets(self) -> str:
         """The enabled targets as last read from the history database (fallback copy)."""
         return f"{self.prefix}:targets"

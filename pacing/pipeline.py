@@ -130,15 +130,15 @@ def pace_shard(
     except StatServerUnavailable as error:
         # design.md §3.1: with both gateways down, a target keeps its last good statistics
         # while they are younger than stats_max_age; only then is it paced as stale (budget 0)
-        statistics = last_good_statistics(
-            services, ids, now=clock(), max_age_seconds=services.settings.stats_max_age
+        statistics = services.state.last_statistics(
+            ids, now=clock(), max_age_seconds=services.settings.stats_max_age
         )
         logger.warning(
             "no Stat Server answered; shard paced on its last good statistics or as stale",
             extra={"seq": seq, "shard": shard, "error": str(error)},
         )
     else:
-        remember_statistics(services, statistics)
+        services.state.remember_statistics(statistics)
     fetched = time.perf_counter()
 
     state, feedback = services.state.load(ids, width=algorithms.STATE_WIDTH)
@@ -166,88 +166,6 @@ def pace_shard(
         fetch_ms=(fetched - started) * 1000,
         pace_ms=(paced - fetched) * 1000,
     )
-
-
-# --- last good statistics (both Stat Servers down) ---------------------------------------------
-
-#: timestamp, then the fields of TargetStatistics in this order, as little-endian float64
-_LAST_STATISTICS_FIELDS = (
-    "timestamp",
-    "agents_logged_in",
-    "agents_ready",
-    "agents_busy",
-    "interactions_waiting",
-    "aht_seconds",
-    "answered_total",
-    "abandoned_total",
-    "reactive_arrivals_total",
-)
-#: refreshed by every successful fetch; the expiry only clears the rows of a stopped cluster
-LAST_STATISTICS_TTL_SECONDS = 24 * 3600
-
-
-def _last_statistics_key(services: Services) -> str:
-    # not in pacing.keys: this hash is private to the two functions below
-    return f"{services.keys.prefix}:last_statistics"
-
-
-def remember_statistics(
-    services: Services, statistics: Mapping[str, TargetStatistics | StatisticsError]
-) -> None:
-    """Keep each target's last valid statistics (one round trip per shard)."""
-    mapping: dict[str | bytes, bytes] = {
-        tid: np.array(
-            [getattr(row, name) for name in _LAST_STATISTICS_FIELDS], dtype="<f8"
-        ).tobytes()
-        for tid, row in statistics.items()
-        if isinstance(row, TargetStatistics)
-    }
-    if not mapping:
-        return
-    key = _last_statistics_key(services)
-    pipe = services.redis.pipeline(transaction=False)
-    pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]  # redis-py's EncodableT mapping
-    pipe.expire(key, LAST_STATISTICS_TTL_SECONDS)
-    pipe.execute()
-
-
-def last_good_statistics(
-    services: Services, ids: Sequence[str], *, now: float, max_age_seconds: float
-) -> dict[str, TargetStatistics | StatisticsError]:
-    """Each target's last valid statistics if younger than ``max_age_seconds``, else STALE."""
-    raw: list[bytes | str | None] = services.redis.hmget(_last_statistics_key(services), list(ids))
-    width = len(_LAST_STATISTICS_FIELDS)
-    result: dict[str, TargetStatistics | StatisticsError] = {}
-    for tid, value in zip(ids, raw, strict=True):
-        if not isinstance(value, bytes) or len(value) != width * 8:
-            result[tid] = StatisticsError(
-                tid, Reason.STALE, "no Stat Server answered and no earlier statistics are known"
-            )
-            continue
-        numbers = np.frombuffer(value, dtype="<f8").tolist()
-        age = now - numbers[0]
-        if age > max_age_seconds:
-            result[tid] = StatisticsError(
-                tid,
-                Reason.STALE,
-                f"no Stat Server answered; the last statistics are {age:.1f} s old "
-                f"(limit {max_age_seconds:g} s)",
-            )
-            continue
-        fields = dict(zip(_LAST_STATISTICS_FIELDS, numbers, strict=True))
-        result[tid] = TargetStatistics(
-            target_id=tid,
-            timestamp=fields["timestamp"],
-            agents_logged_in=int(fields["agents_logged_in"]),
-            agents_ready=int(fields["agents_ready"]),
-            agents_busy=int(fields["agents_busy"]),
-            interactions_waiting=int(fields["interactions_waiting"]),
-            aht_seconds=fields["aht_seconds"],
-            answered_total=int(fields["answered_total"]),
-            abandoned_total=int(fields["abandoned_total"]),
-            reactive_arrivals_total=int(fields["reactive_arrivals_total"]),
-        )
-    return result
 
 
 def failed_shard(*, seq: int, shard: int, targets: Sequence[TargetConfig]) -> ShardRows:

@@ -16,10 +16,24 @@ import redis
 from numpy.typing import NDArray
 from redis.typing import EncodableT
 
-from pacing.domain import OfferFeedback
+from pacing.domain import OfferFeedback, Reason, StatisticsError, TargetStatistics
 from pacing.keys import Keys
 
 FEEDBACK_WIDTH = 4  # sent, accepted, resolved, pending
+#: the fields of TargetStatistics kept per target, timestamp first
+_STATISTICS_FIELDS = (
+    "timestamp",
+    "agents_logged_in",
+    "agents_ready",
+    "agents_busy",
+    "interactions_waiting",
+    "aht_seconds",
+    "answered_total",
+    "abandoned_total",
+    "reactive_arrivals_total",
+)
+#: refreshed by every successful fetch; the expiry only clears the rows of a stopped cluster
+LAST_STATISTICS_TTL_SECONDS = 24 * 3600
 
 
 class StateStore:
@@ -69,19 +83,75 @@ class StateStore:
         }
         self._client.hset(self._keys.feedback, mapping=mapping)
 
+    def remember_statistics(
+        self, statistics: Mapping[str, TargetStatistics | StatisticsError]
+    ) -> None:
+        """Keep each target's last valid statistics, for when no Stat Server answers."""
+        mapping: dict[EncodableT, EncodableT] = {
+            tid: np.array(
+                [getattr(row, name) for name in _STATISTICS_FIELDS], dtype="<f8"
+            ).tobytes()
+            for tid, row in statistics.items()
+            if isinstance(row, TargetStatistics)
+        }
+        if not mapping:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(self._keys.last_statistics, mapping=mapping)
+        pipe.expire(self._keys.last_statistics, LAST_STATISTICS_TTL_SECONDS)
+        pipe.execute()
+
+    def last_statistics(
+        self, target_ids: Sequence[str], *, now: float, max_age_seconds: float
+    ) -> dict[str, TargetStatistics | StatisticsError]:
+        """Each target's last valid statistics while younger than ``max_age_seconds``, else
+        STALE (design.md §3.1: both gateways down)."""
+        rows = _unpack(
+            self._client.hmget(self._keys.last_statistics, list(target_ids)),
+            len(_STATISTICS_FIELDS),
+        )
+        result: dict[str, TargetStatistics | StatisticsError] = {}
+        for tid, row in zip(target_ids, rows.tolist(), strict=True):
+            age = now - row[0]
+            if math.isnan(age):
+                detail = "no Stat Server answered and no earlier statistics are known"
+            elif age > max_age_seconds:
+                detail = (
+                    f"no Stat Server answered; the last statistics are {age:.1f} s old "
+                    f"(limit {max_age_seconds:g} s)"
+                )
+            else:
+                fields = dict(zip(_STATISTICS_FIELDS, row, strict=True))
+                result[tid] = TargetStatistics(
+                    target_id=tid,
+                    timestamp=fields["timestamp"],
+                    agents_logged_in=int(fields["agents_logged_in"]),
+                    agents_ready=int(fields["agents_ready"]),
+                    agents_busy=int(fields["agents_busy"]),
+                    interactions_waiting=int(fields["interactions_waiting"]),
+                    aht_seconds=fields["aht_seconds"],
+                    answered_total=int(fields["answered_total"]),
+                    abandoned_total=int(fields["abandoned_total"]),
+                    reactive_arrivals_total=int(fields["reactive_arrivals_total"]),
+                )
+                continue
+            result[tid] = StatisticsError(tid, Reason.STALE, detail)
+        return result
+
     def forget(self, target_ids: Sequence[str]) -> None:
         """Drop the state and feedback of targets that no longer exist."""
         if target_ids:
             pipe = self._client.pipeline(transaction=False)
             pipe.hdel(self._keys.state, *target_ids)
             pipe.hdel(self._keys.feedback, *target_ids)
+            pipe.hdel(self._keys.last_statistics, *target_ids)
             pipe.execute()
 
 
-def _unpack(values: Sequence[bytes | None], width: int) -> NDArray[np.float64]:
+def _unpack(values: Sequence[bytes | str | None], width: int) -> NDArray[np.float64]:
     out = np.full((len(values), width), math.nan)
     expected = width * 8
     for i, value in enumerate(values):
-        if value is not None and len(value) == expected:
+        if isinstance(value, bytes) and len(value) == expected:
             out[i] = np.frombuffer(value, dtype="<f8")
     return out
