@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import requests
 
+from pacing._http import is_json, read_capped, url_for_messages
 from pacing.domain import OfferFeedback, is_valid_target_id
 from pacing.errors import (
     ConfigurationError,
@@ -70,7 +70,6 @@ _MAX_TOKEN_RESPONSE_BYTES: Final = 64 * 1024
 #: Error bodies are one short JSON object; only ``error`` and ``last_seq`` are read from them.
 _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
 _ABSURD_COUNTER: Final = 10**12
-_CHUNK_BYTES: Final = 64 * 1024
 #: RFC 6750 b64token. Anything else could smuggle header syntax, and requests would echo the
 #: offending value (the secret) in its InvalidHeader message.
 _BEARER_TOKEN_PATTERN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -169,7 +168,7 @@ class OAuth2ClientCredentials:
 
     def __repr__(self) -> str:
         return (
-            f"OAuth2ClientCredentials(auth_url={_redact_url(self._auth_url)!r}, "
+            f"OAuth2ClientCredentials(auth_url={url_for_messages(self._auth_url)!r}, "
             f"client_id={self._client_id!r}, client_secret='***')"
         )
 
@@ -189,7 +188,7 @@ class OAuth2ClientCredentials:
 
     def _fetch_token(self) -> str:
         """Fetch, cache and return a new access token (the caller holds the lock)."""
-        url = _redact_url(self._auth_url)
+        url = url_for_messages(self._auth_url)
         requested_at = self._clock()
         try:
             with self._session.post(
@@ -206,7 +205,7 @@ class OAuth2ClientCredentials:
                 content_type = response.headers.get("Content-Type")
                 deadline = time.monotonic() + sum(self._timeouts)
                 if status == 200:
-                    raw = _read_capped(
+                    raw = read_capped(
                         response,
                         max_bytes=_MAX_TOKEN_RESPONSE_BYTES,
                         deadline=deadline,
@@ -229,7 +228,7 @@ class OAuth2ClientCredentials:
                 f"(HTTP {status}); check client_id and client_secret.",
                 status_code=status,
             )
-        if not _is_json(content_type):
+        if not is_json(content_type):
             raise InvalidResponse(f"The OAuth2 token endpoint {url} did not answer with JSON.")
         body = _loads(raw, what=f"The OAuth2 token endpoint {url}")
         token, lifetime = _parse_token_response(body, url=url)
@@ -345,7 +344,7 @@ class EngagementClient:
 
     def __repr__(self) -> str:
         return (
-            f"EngagementClient(url={_redact_url(self._url)!r}, auth={self._auth!r}, "
+            f"EngagementClient(url={url_for_messages(self._url)!r}, auth={self._auth!r}, "
             f"verify_tls={self._verify_tls!r})"
         )
 
@@ -354,7 +353,7 @@ class EngagementClient:
 
         Retrying the same ``seq`` is safe: the receiver applies a ``seq`` at most once.
         """
-        url = _redact_url(self._url)
+        url = url_for_messages(self._url)
         # The token fetch may itself raise EngagementUnavailable or EngagementRejected.
         authorization = self._auth.authorization_header()
         headers = {
@@ -381,7 +380,7 @@ class EngagementClient:
                 content_type = response.headers.get("Content-Type")
                 deadline = time.monotonic() + self._timeout[0] + self._timeout[1]
                 if status == 200:
-                    raw = _read_capped(
+                    raw = read_capped(
                         response,
                         max_bytes=self._max_response_bytes,
                         deadline=deadline,
@@ -397,7 +396,7 @@ class EngagementClient:
         elapsed = time.perf_counter() - started
 
         if status == 200:
-            if not _is_json(content_type):
+            if not is_json(content_type):
                 raise InvalidResponse(f"The engagement platform at {url} did not answer JSON.")
             decoded = _loads(raw, what=f"The engagement platform at {url}")
             accepted_seq = _accepted_seq(decoded, seq=seq, url=url)
@@ -488,35 +487,10 @@ def _error_fields(raw: bytes) -> tuple[str | None, int | None]:
 # --- HTTP helpers --------------------------------------------------------------------------------
 
 
-def _read_capped(
-    response: requests.Response, *, max_bytes: int, deadline: float, what: str
-) -> bytes:
-    """The decoded body, or :class:`InvalidResponse` if it is larger than ``max_bytes``.
-
-    The deadline matters because requests' read timeout bounds each socket read, not the body.
-    """
-    too_large = InvalidResponse(f"{what} sent a body larger than {max_bytes} bytes.")
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise too_large
-    buffer = bytearray()
-    try:
-        # iter_content decompresses, so the cap applies to the decoded size (no gzip bombs).
-        for chunk in response.iter_content(chunk_size=_CHUNK_BYTES):
-            buffer += chunk
-            if len(buffer) > max_bytes:
-                raise too_large
-            if time.monotonic() > deadline:
-                raise requests.Timeout("the body took longer than the connect + read timeout")
-    except requests.exceptions.ContentDecodingError as exc:
-        raise InvalidResponse(f"{what} sent a body that could not be decompressed.") from exc
-    return bytes(buffer)
-
-
 def _read_error_body(response: requests.Response, *, deadline: float) -> bytes:
     """At most a small error body; an unreadable one is empty (the status says enough)."""
     try:
-        return _read_capped(
+        return read_capped(
             response, max_bytes=_MAX_ERROR_BODY_BYTES, deadline=deadline, what="error body"
         )
     except (InvalidResponse, requests.RequestException):
@@ -539,23 +513,3 @@ def _describe_request_error(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.ConnectionError):
         return "connection failed or broke"
     return type(exc).__name__
-
-
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or media_type.endswith("+json")
-
-
-def _redact_url(url: str) -> str:
-    """The URL without user info, query or fragment, which may carry credentials."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "<unparseable URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))

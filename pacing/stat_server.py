@@ -21,11 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import requests
 
+from pacing._http import is_json, read_capped, url_for_messages
 from pacing.domain import Reason, StatisticsError, TargetStatistics, is_valid_target_id
 from pacing.errors import InvalidResponse, StatServerUnavailable
 
@@ -49,7 +49,6 @@ ABSURD_NUMBER: Final = 1e12
 #: Gateway and node clocks are NTP-synchronised, not identical; a row a little "from the future"
 #: is clock skew, a row far in the future is a broken gateway clock.
 FUTURE_TOLERANCE_SECONDS: Final = 5.0
-_CHUNK_BYTES: Final = 64 * 1024
 
 ServerRole = Literal["primary", "backup"]
 
@@ -230,7 +229,7 @@ class StatServerClient:
         self._active_since = clock()
 
     def __repr__(self) -> str:
-        urls = ", ".join(f"{role}={_redact_url(url)!r}" for role, url in self._urls.items())
+        urls = ", ".join(f"{role}={url_for_messages(url)!r}" for role, url in self._urls.items())
         return f"StatServerClient({urls}, active={self._active!r})"
 
     @property
@@ -263,7 +262,7 @@ class StatServerClient:
             try:
                 answer = self._query_one(role, target_ids)
             except _Unusable as unusable:
-                causes.append(f"{role} {_redact_url(self._urls[role])}: {unusable}")
+                causes.append(f"{role} {url_for_messages(self._urls[role])}: {unusable}")
                 logger.warning(
                     "Stat Server answer unusable",
                     extra={"server": role, "cause": str(unusable)},
@@ -318,11 +317,13 @@ class StatServerClient:
             ) as response:
                 if response.status_code != 200:
                     raise _Unusable(f"HTTP {response.status_code}")
-                if not _is_json(response.headers.get("Content-Type")):
+                if not is_json(response.headers.get("Content-Type")):
                     raise _Unusable("the response is not application/json")
-                raw = _read_capped(response, max_bytes=self._max_body_bytes, deadline=deadline)
-        except requests.exceptions.ContentDecodingError as exc:
-            raise _Unusable("the body could not be decompressed") from exc
+                raw = read_capped(
+                    response, max_bytes=self._max_body_bytes, deadline=deadline, what="the server"
+                )
+        except InvalidResponse as exc:  # too large or undecodable
+            raise _Unusable(str(exc)) from exc
         except requests.Timeout as exc:
             raise _Unusable("timed out") from exc
         except requests.ConnectionError as exc:
@@ -339,41 +340,6 @@ class StatServerClient:
             )
         except InvalidResponse as exc:
             raise _Unusable(str(exc)) from exc
-
-
-def _read_capped(response: requests.Response, *, max_bytes: int, deadline: float) -> bytes:
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise _Unusable(f"the body is larger than {max_bytes} bytes")
-    buffer = bytearray()
-    # iter_content decompresses, so the cap applies to the decoded size (no gzip bombs).
-    for chunk in response.iter_content(chunk_size=_CHUNK_BYTES):
-        buffer += chunk
-        if len(buffer) > max_bytes:
-            raise _Unusable(f"the body is larger than {max_bytes} bytes")
-        if time.monotonic() > deadline:
-            raise _Unusable("timed out while reading the body")
-    return bytes(buffer)
-
-
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or media_type.endswith("+json")
-
-
-def _redact_url(url: str) -> str:
-    """The URL without user info, query or fragment, which may carry credentials."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "<unparseable URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:
