@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib
-import importlib.util
 import io
 import json
 import re
@@ -52,9 +51,8 @@ STALE_AFTER_PERIODS = 3
 #: Below this many rows a progress bar only flickers.
 PROGRESS_FROM_ROWS = 500
 
-#: Commands that live in other modules, imported only when used: ``name → (module:attribute,
-#: short help)``. A command whose module is not installed is not listed, so `pacing evaluate`
-#: appears by itself once pacing/evaluation/command.py defines the click command ``evaluate``.
+#: Commands that live in other modules, imported only when used (`pacing --help` stays fast):
+#: ``name → (module:attribute, short help)``.
 LAZY_COMMANDS = {
     "evaluate": (
         "pacing.evaluation.command:evaluate",
@@ -100,20 +98,8 @@ class LazyGroup(click.Group):
         super().__init__(*args, **kwargs)
         self.lazy_commands = dict(lazy_commands or {})
 
-    def _available(self) -> list[str]:
-        names = []
-        for name, (target, _) in self.lazy_commands.items():
-            module = target.partition(":")[0]
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except ModuleNotFoundError:  # its parent package is missing
-                found = False
-            if found:
-                names.append(name)
-        return names
-
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self._available()})
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list of ``--help``, without importing the lazy commands' modules."""
@@ -133,7 +119,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        if command is not None or cmd_name not in self._available():
+        if command is not None or cmd_name not in self.lazy_commands:
             return command
         module_name, _, attribute = self.lazy_commands[cmd_name][0].partition(":")
         loaded = getattr(importlib.import_module(module_name), attribute)

@@ -13,10 +13,12 @@ Public surface::
 Where to read on:
 
 - ``_pace``: one cycle, step by step, and ``RULES``, the dispatch from a target's algorithm to
-  the rule that paces it (today SUPER_PROGRESSIVE for every algorithm; PREDICTIVE_B comes later);
+  the rule that paces it (AUTO: SUPER_PROGRESSIVE below 30 slots, PREDICTIVE_B from 30);
 - ``_safety``: the safety layer of algorithm.md §2 (reasons, plausibility, carry, caps);
 - ``_estimators``: p, d, h, θ, λ_r from cumulative counters, and the trim β (§1, §6);
 - ``_super_progressive``: the SUPER_PROGRESSIVE rule (§4);
+- ``_predictive_b``: the PREDICTIVE_B rule (§5), on the Erlang-A operating points of
+  ``_erlang`` (Erlang B and M/M/N+M in log space, solvers and their cache);
 - ``_dual``: reactive admission and reserve of the dual variants (§7);
 - ``_state``: the state columns.
 """

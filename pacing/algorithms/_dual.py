@@ -7,9 +7,11 @@ admits reactive arrivals up to the share of capacity not guaranteed to proactive
     reactive_state = λ_r,admit / λ_r            (1 when λ_r = 0)
     R              = ⌈λ_r,admit · h⌉             slots held back for reactive arrivals
 
-λ* is the total arrival rate the group can take at its goal. PREDICTIVE_B computes it from
-Erlang-A (§5); until that solver lands, :func:`capacity_rate` stands in with the service
-capacity N·μ, an upper bound on λ* (so reactive traffic is admitted generously, never starved).
+λ* is the total arrival rate the group can take at its goal, from Erlang-A (§5; see
+``_predictive_b.operating_rate``): ``reactive_state`` always admits the share of λ*.
+SUPER_PROGRESSIVE_DUAL sizes its reserve on the share of :func:`capacity_rate` (N·μ, an upper
+bound on λ*) instead, which does not move with the goal (so a higher goal never lowers the
+proactive budget) and errs towards reactive visitors.
 """
 
 from __future__ import annotations

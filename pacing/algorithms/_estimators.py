@@ -217,19 +217,19 @@ def update_trim(
     outcomes: Outcomes,
     busy_share: Array,
     parameters: PacingParameters,
+    learning_rate: Array | None = None,
 ) -> Array:
     """β after this cycle's feedback (§6), clamped to [trim_min, trim_max].
 
     ABANDONMENT_RATE: each served interaction adds η·g and each abandoned one subtracts
     η·(1 − g), whose only fixed point is an abandonment fraction equal to g. BUSY_FACTOR: each
-    cycle adds η_b·(b* − b/N)·Δ.
+    cycle adds η_b·(b* − b/N)·Δ. ``learning_rate`` is η per row (default: the parameter).
     """
     with np.errstate(all="ignore"):
         served, abandoned = outcomes
         counted = np.isfinite(served) & np.isfinite(abandoned)
-        abandonment_step = parameters.trim_learning_rate * (
-            goal * served - (1.0 - goal) * abandoned
-        )
+        rate = parameters.trim_learning_rate if learning_rate is None else learning_rate
+        abandonment_step = rate * (goal * served - (1.0 - goal) * abandoned)
         busy_step = (
             parameters.busy_trim_learning_rate
             * (goal - busy_share)

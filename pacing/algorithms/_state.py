@@ -49,6 +49,7 @@ class StateColumn(IntEnum):
     CARRY = 21  # fractional carry of the rounding, in [0, 1)
     RESOLVED_SEEN = 22  # resolved invitations observed since the state began (cold start)
     COMPLETED_SEEN = 23  # answered interactions observed since the state began (cold start)
+    GROUP_SIZE = 24  # staffed slots, exponentially smoothed: AUTO's choice of rule (§5)
 
 
 STATE_FIELDS: tuple[str, ...] = tuple(column.name.lower() for column in StateColumn)
@@ -71,6 +72,7 @@ _COUNTER_COLUMNS = (
     StateColumn.REACTIVE_SECONDS_WEIGHT,
     StateColumn.RESOLVED_SEEN,
     StateColumn.COMPLETED_SEEN,
+    StateColumn.GROUP_SIZE,
 )
 _ESTIMATE_COLUMNS = (
     StateColumn.HANDLE_TIME_SECONDS,

@@ -339,8 +339,8 @@ def test_the_global_cap_bounds_the_sum_over_the_call() -> None:
     assert (capped.proactive_budget <= uncapped.proactive_budget).all()
 
 
-def test_every_algorithm_is_paced_with_super_progressive_for_now() -> None:
-    # given
+def test_each_algorithm_is_paced_by_its_rule() -> None:
+    # given: a warm 6-slot group without reactive traffic; AUTO has no remembered group size
     inputs = make_inputs(
         len(Algorithm), agents_ready=4.0, agents_busy=2.0, interactions_waiting=1.0
     )
@@ -351,9 +351,17 @@ def test_every_algorithm_is_paced_with_super_progressive_for_now() -> None:
     # when
     result = run(inputs, targets, warm_state(len(Algorithm)))
 
-    # then
-    assert len(set(result.proactive_budget.tolist())) == 1
-    assert result.proactive_budget[0] > 0
+    # then: SUPER_PROGRESSIVE for AUTO (a small group) and the SUPER_PROGRESSIVE variants,
+    # PREDICTIVE_B (more cautious on six slots) for the PREDICTIVE_B variants
+    budget = dict(zip(Algorithm, result.proactive_budget.tolist(), strict=True))
+    assert (
+        budget[Algorithm.AUTO]
+        == budget[Algorithm.SUPER_PROGRESSIVE]
+        == budget[Algorithm.SUPER_PROGRESSIVE_DUAL]
+        > 0
+    )
+    assert budget[Algorithm.PREDICTIVE_B] == budget[Algorithm.PREDICTIVE_B_DUAL]
+    assert budget[Algorithm.PREDICTIVE_B] < budget[Algorithm.SUPER_PROGRESSIVE]
 
 
 # --- carry (§2) -------------------------------------------------------------------------------
@@ -362,6 +370,9 @@ def test_every_algorithm_is_paced_with_super_progressive_for_now() -> None:
 def test_the_carry_sends_invitations_when_the_rule_asks_for_less_than_one_per_cycle() -> None:
     # given: one free slot and one invitation pending, so the rule wants a fraction of another
     inputs = make_inputs(agents_ready=1.0, offers_pending=1.0)
+    # Interpolation is off by default since the evaluation (issue 3): re-granting the fraction
+    # every cycle overbooked one- and two-slot groups. The carry itself is what is tested here.
+    interpolating = PacingParameters(super_progressive_interpolate=True)
     plain = PacingParameters(super_progressive_interpolate=False)
 
     # when
@@ -369,7 +380,7 @@ def test_the_carry_sends_invitations_when_the_rule_asks_for_less_than_one_per_cy
     state, plain_state = cold_state(1), cold_state(1)
     for cycle in range(15):
         now = NOW + 2.0 * cycle
-        result = run(inputs, state=state, now=now)
+        result = run(inputs, state=state, now=now, parameters=interpolating)
         plain_result = run(inputs, state=plain_state, now=now, parameters=plain)
         state, plain_state = result.state, plain_result.state
         budgets.append(int(result.proactive_budget[0]))

@@ -149,6 +149,8 @@ def plausible_case(draw: st.DrawFn) -> dict[str, Any]:
             "carry": draw(st.floats(0, 0.99)),
             "resolved_seen": draw(st.floats(0, 100)),
             "completed_seen": draw(st.floats(0, 100)),
+            # AUTO paces groups remembered at 30+ slots with PREDICTIVE_B (§5).
+            "group_size": draw(st.floats(0, 120)),
         }
         for name, value in values.items():
             state[0, STATE_FIELDS.index(name)] = value

@@ -1,0 +1,375 @@
+"""Erlang B and Erlang-A (M/M/N+M) in log space, and PREDICTIVE_B's operating points (§5).
+
+Everything is in units of the service rate μ, so that the queue is described by three numbers:
+
+    N  servers (slots)                 a = λ/μ   offered load
+    r = θ/μ  patience ratio (mean handle time over mean patience)
+
+and, with x = N/r and y = a/r (algorithm.md §5)::
+
+    log B(N, a) = log PoissonPMF(N; a) − log PoissonCDF(N; a)
+    A(x, y)     = Σ_k y^k / Π_{i≤k}(x + i) = x·e^y·y^(−x)·γ(x, y)
+    P(wait > 0) = A·B / (1 + (A − 1)·B) = expit(−L),  L = −log B + log1p(−B) − log A
+    P(abandon)  = P(wait > 0) · (1 − (A − 1)/(A·ρ)),  ρ = a/N
+
+Each formula switches to a series where its closed form would underflow or cancel, so the result
+is exact to about 1e-12 for 1–400 slots (a test checks it against the birth–death chain) and stays
+finite far beyond.
+
+The operating point a* = λ*/μ depends only on (N, r, goal), so it is solved once per point of a
+grid (every N, r in steps of 1/16 octave, the goal to 0.01 %) by a vectorised bisection in log a,
+kept in a process-wide cache (:class:`OperatingPoints`) and interpolated in log r between grid
+points. The answer never depends on what was cached before: every grid point has one value.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import expit, gammainc, gammaincc, gammaln
+
+Array = NDArray[np.float64]
+
+#: Series are summed until a term is below this fraction of the sum (or _MAX_TERMS is reached,
+#: which only happens far outside any contact centre, where finiteness is all that matters).
+_SERIES_TOLERANCE = 1e-18
+_MAX_TERMS = 4096
+_SERIES_BLOCK = 64
+#: The root search runs over this range of loads per slot for every goal (fixed, so that the
+#: bisection is monotone in the goal): λ ≤ Nμ/(1 − g) ≤ 1000·Nμ for every goal up to 99.9 %.
+_LOWEST_LOAD_PER_SLOT = 1e-6
+_HIGHEST_LOAD_PER_SLOT = 1e3
+_BISECTION_STEPS = 44  # log(1e9) / 2^44 ≈ 1e-12: far below any estimate's precision
+#: Goals are clipped to this range (a 0 % goal would mean no traffic at all, 100 % no limit).
+GOAL_RANGE = (1e-4, 0.999)
+#: Operating points are solved on a grid of 1/_RATIO_STEPS of an octave in r (about 4.4 %) and
+#: interpolated in between, so that a drifting estimate of θ·h keeps hitting the cache.
+_RATIO_STEPS = 16
+_RATIO_OCTAVES = 24  # r is clipped to 2^±24: patience or handle times beyond a day are noise
+_GOAL_STEPS = 10_000  # goals quantised to 0.01 %
+_MAX_SERVERS = 2**20
+_CACHE_LIMIT = 1_000_000
+
+
+class ErlangA(NamedTuple):
+    """Steady state of M/M/N+M for arrays of (N, a, r)."""
+
+    wait_probability: Array  # P(wait > 0)
+    abandon_probability: Array  # P_ab: share of arrivals that abandon
+    occupancy: Array  # a·(1 − P_ab)/N: share of slot time busy
+
+
+def log_erlang_b(servers: Array, load: Array) -> Array:
+    """log B(N, a), the Erlang B blocking probability, for N ≥ 1 and a > 0."""
+    with np.errstate(all="ignore"):
+        log_pmf = servers * np.log(load) - load - gammaln(servers + 1.0)
+        cdf = gammaincc(servers + 1.0, load)  # P(Poisson(a) ≤ N)
+        log_b: Array = log_pmf - np.log(cdf)
+        # Where the CDF underflows (a far above N), 1/B = Σ_i N!/(N − i)! · a^(−i), whose terms
+        # shrink at least as fast as (N/a)^i.
+        fallback = np.flatnonzero(~(cdf > 1e-300) & (servers >= 0) & (load > 0))
+        if fallback.size:
+            log_b[fallback] = -np.log(_inverse_erlang_b(servers[fallback], load[fallback]))
+    return log_b
+
+
+def _inverse_erlang_b(servers: Array, load: Array) -> Array:
+    """1/B = Σ_{i=0..N} N!/(N − i)! · a^(−i), for rows with a far above N (terms shrink fast)."""
+    total = np.ones(servers.size)
+    term = np.ones(servers.size)
+    active = np.arange(servers.size)
+    for i in range(1, _MAX_TERMS + 1):
+        term[active] *= np.maximum(servers[active] - i + 1.0, 0.0) / load[active]
+        total[active] += term[active]
+        active = active[term[active] > _SERIES_TOLERANCE * total[active]]
+        if not active.size:
+            break
+    return total
+
+
+def _log_a(x: Array, y: Array) -> tuple[Array, Array]:
+    """(log A, P(abandon | wait > 0)) for A(x, y) = Σ_k t_k, t_k = y^k / Π_{i≤k}(x + i).
+
+    P(abandon | wait > 0) = 1 − (A − 1)/(A·ρ) with ρ = y/x. Where ρ ≥ 1 it is computed as
+    (ρ − 1 + 1/A)/ρ, a sum of non-negative terms. Where ρ < 1 that form cancels (A·(1 − ρ) is
+    close to 1 for patient visitors), but the series gives it without cancellation:
+    1 − A·(1 − ρ) = Σ_k k·t_k / x, so P(abandon | wait > 0) = Σ_k k·t_k / (y·Σ_k t_k). The series
+    is also exact for log A where γ(x, y) underflows or loses digits (y well below x); its terms
+    shrink at least as fast as ρ^k, and past k ≈ x as fast as 2^(−k).
+    """
+    with np.errstate(all="ignore"):
+        lower = gammainc(x, y)
+        log_a: Array = np.log(x) + y - x * np.log(y) + gammaln(x) + np.log(lower)
+        rho = y / x
+        given_wait: Array = (rho - 1.0 + np.exp(-log_a)) / rho
+        series = np.flatnonzero((y < x) | ~(lower > 1e-300))
+        if series.size:
+            total, moment = _moment_series(x[series], y[series])
+            log_a[series] = np.log(total)
+            given_wait[series] = moment / (y[series] * total)
+    return log_a, np.clip(given_wait, 0.0, 1.0)
+
+
+def _moment_series(x: Array, y: Array) -> tuple[Array, Array]:
+    """(Σ_k t_k, Σ_k k·t_k) with t_0 = 1 and t_k = t_(k−1) · y/(x + k), row by row.
+
+    Terms are summed in blocks of _SERIES_BLOCK (a cumulative product per block: the Python loop
+    runs once per block, not per term) until a block no longer changes either sum; a row still
+    active after _MAX_TERMS terms (ρ within 1 % of 1 and visitors thousands of times more
+    patient than handle times) gets the geometric tail at its last ratio, an upper bound.
+    """
+    total = np.ones(x.size)
+    moment = np.zeros(x.size)
+    active = np.arange(x.size)
+    xs, ys, last = x, y, np.ones(x.size)
+    offsets = np.arange(1, _SERIES_BLOCK + 1, dtype=np.float64)
+    for start in range(0, _MAX_TERMS, _SERIES_BLOCK):
+        k = start + offsets
+        terms = last[:, None] * np.cumprod(ys[:, None] / (xs[:, None] + k), axis=1)
+        total[active] += terms.sum(axis=1)
+        moment[active] += terms @ k
+        last = terms[:, -1]
+        going = k[-1] * last > _SERIES_TOLERANCE * moment[active]
+        if not going.all():
+            active, xs, ys, last = active[going], xs[going], ys[going], last[going]
+            if not active.size:
+                break
+    else:
+        ratio = ys / (xs + _MAX_TERMS)
+        tail = last * ratio / (1.0 - ratio)
+        total[active] += tail
+        moment[active] += tail * (_MAX_TERMS + 1.0 / (1.0 - ratio))
+    return total, moment
+
+
+def erlang_a(servers: Array, load: Array, patience_ratio: Array) -> ErlangA:
+    """Erlang-A (M/M/N+M) for N servers, offered load a = λ/μ and patience ratio r = θ/μ.
+
+    Arrays of one length (or broadcastable); N ≥ 1, a > 0, r > 0.
+    """
+    servers, load, patience_ratio = np.broadcast_arrays(
+        np.asarray(servers, dtype=np.float64),
+        np.asarray(load, dtype=np.float64),
+        np.asarray(patience_ratio, dtype=np.float64),
+    )
+    servers, load, patience_ratio = (
+        np.ravel(servers).copy(),
+        np.ravel(load).copy(),
+        np.ravel(patience_ratio).copy(),
+    )
+    with np.errstate(all="ignore"):
+        log_b = log_erlang_b(servers, load)
+        log_a, abandon_given_wait = _log_a(servers / patience_ratio, load / patience_ratio)
+        logit = -log_b + np.log1p(-np.exp(log_b)) - log_a
+        wait = expit(-logit)
+        abandon = np.clip(wait * abandon_given_wait, 0.0, 1.0)
+        occupancy = np.clip(load * (1.0 - abandon) / servers, 0.0, 1.0)
+    return ErlangA(wait_probability=wait, abandon_probability=abandon, occupancy=occupancy)
+
+
+class OperatingPoint(NamedTuple):
+    """The operating point of each row: a* = λ*/μ and the abandonment probability there."""
+
+    load: Array
+    abandon_probability: Array
+
+
+def solve_operating_load(
+    servers: Array, patience_ratio: Array, goal: Array, *, busy_factor: NDArray[np.bool_]
+) -> Array:
+    """a* by bisection in log a, uncached (see :func:`operating_point` for the quantised form).
+
+    ABANDONMENT_RATE rows: the largest a with P_ab(a) ≤ goal. BUSY_FACTOR rows: the smallest a
+    with occupancy(a) ≥ goal. Both predicates are monotone in a (P_ab and the throughput
+    a·(1 − P_ab) both grow with the load), and the bracket is the same for every goal, so a* never
+    decreases when the goal rises. A goal that cannot be met inside the bracket gives its end.
+    """
+    servers = np.asarray(servers, dtype=np.float64)
+    low = np.log(_LOWEST_LOAD_PER_SLOT * servers)
+    high = np.log(_HIGHEST_LOAD_PER_SLOT * servers)
+    for _ in range(_BISECTION_STEPS):
+        middle = 0.5 * (low + high)
+        state = erlang_a(servers, np.exp(middle), patience_ratio)
+        # "Feasible" means on the side of a* where the abandonment goal holds / the busy goal
+        # does not yet: the answer is the boundary between the two sides.
+        below = np.where(busy_factor, state.occupancy < goal, state.abandon_probability <= goal)
+        low = np.where(below, middle, low)
+        high = np.where(below, high, middle)
+    return np.where(busy_factor, np.exp(high), np.exp(low))
+
+
+class OperatingPoints:
+    """A cache of operating points keyed on (N, quantised r, quantised goal, objective).
+
+    One instance per process (:data:`OPERATING_POINTS`); lookups are vectorised with a sorted key
+    array, and only the distinct missing keys are solved. ``busy_ceiling`` is the abandonment
+    ceiling of BUSY_FACTOR rows (a parameter, so it keys the cache too).
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[float, NDArray[np.int64]] = {}
+        self._values: dict[float, Array] = {}
+
+    def clear(self) -> None:
+        """Forget everything (tests; and automatically past _CACHE_LIMIT entries)."""
+        self._keys.clear()
+        self._values.clear()
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._keys.values())
+
+    def lookup(
+        self,
+        servers: Array,
+        patience_ratio: Array,
+        goal: Array,
+        *,
+        busy_factor: NDArray[np.bool_],
+        busy_ceiling: float,
+    ) -> OperatingPoint:
+        """The operating point of every row (inputs must be finite, N ≥ 1, r > 0).
+
+        a* and P_ab* are interpolated linearly in log r between the two neighbouring points of
+        the ratio grid, each solved exactly once per (N, goal, objective).
+        """
+        n_index = np.clip(np.rint(servers), 1, _MAX_SERVERS - 1).astype(np.int64)
+        limit = _RATIO_OCTAVES * _RATIO_STEPS
+        with np.errstate(all="ignore"):
+            position = np.log2(patience_ratio) * _RATIO_STEPS
+        position = np.clip(np.nan_to_num(position, nan=0.0), -limit, limit - 1)
+        lower = np.floor(position)
+        weight = position - lower
+        low_goal, high_goal = GOAL_RANGE
+        g_index = np.rint(np.clip(goal, low_goal, high_goal) * _GOAL_STEPS).astype(np.int64)
+        objective = np.asarray(busy_factor, dtype=np.int64)
+        r_index = lower.astype(np.int64)
+        found = self._grid(
+            np.concatenate([n_index, n_index]),
+            np.concatenate([r_index, r_index + 1]),
+            np.concatenate([g_index, g_index]),
+            np.concatenate([objective, objective]),
+            busy_ceiling,
+        )
+        rows = n_index.size
+        blended = found[:rows] * (1.0 - weight)[:, None] + found[rows:] * weight[:, None]
+        return OperatingPoint(load=blended[:, 0], abandon_probability=blended[:, 1])
+
+    def _grid(
+        self,
+        n_index: NDArray[np.int64],
+        r_index: NDArray[np.int64],
+        g_index: NDArray[np.int64],
+        objective: NDArray[np.int64],
+        busy_ceiling: float,
+    ) -> Array:
+        """(a*, P_ab*) at grid points, solving the distinct ones not cached yet.
+
+        A solve costs about the same for one point as for hundreds (a fixed number of vectorised
+        bisection steps), so with every missing point its neighbours (N ± 1, r ± 2 steps) are
+        solved too: estimates that drift and staffing that changes by an agent then hit.
+        """
+        key = _key(n_index, r_index, g_index, objective)
+        keys = self._keys.get(busy_ceiling, np.empty(0, dtype=np.int64))
+        values = self._values.get(busy_ceiling, np.empty((0, 2)))
+        hit = _found(keys, key)
+        if not hit.all():
+            rows = np.flatnonzero(~hit)
+            n_near = (n_index[rows, None] + _NEAR_N[None, :]).reshape(-1)
+            r_near = (r_index[rows, None] + _NEAR_R[None, :]).reshape(-1)
+            limit = _RATIO_OCTAVES * _RATIO_STEPS
+            n_near = np.clip(np.repeat(n_near, _NEAR_R.size), 1, _MAX_SERVERS - 1)
+            r_near = np.clip(np.tile(r_near, _NEAR_N.size), -limit, limit)
+            g_near = np.repeat(g_index[rows], _NEAR_N.size * _NEAR_R.size)
+            o_near = np.repeat(objective[rows], _NEAR_N.size * _NEAR_R.size)
+            near = _key(n_near, r_near, g_near, o_near)
+            new = ~_found(keys, near)
+            missing, first = np.unique(near[new], return_index=True)
+            chosen = np.flatnonzero(new)[first]
+            solved = _solve_quantised(
+                n_near[chosen].astype(np.float64),
+                np.exp2(r_near[chosen] / _RATIO_STEPS),
+                g_near[chosen] / _GOAL_STEPS,
+                busy_factor=o_near[chosen] == 1,
+                busy_ceiling=busy_ceiling,
+            )
+            if keys.size + missing.size > _CACHE_LIMIT:
+                keys, values = np.empty(0, dtype=np.int64), np.empty((0, 2))
+            keys = np.concatenate([keys, missing])
+            values = np.concatenate([values, solved])
+            order = np.argsort(keys, kind="stable")
+            keys, values = keys[order], values[order]
+            self._keys[busy_ceiling], self._values[busy_ceiling] = keys, values
+        position = np.searchsorted(keys, key)
+        grid_values: Array = values[position]
+        return grid_values
+
+
+_NEAR_N = np.array([0, -1, 1], dtype=np.int64)
+_NEAR_R = np.array([0, -2, -1, 1, 2], dtype=np.int64)
+
+
+def _key(
+    n_index: NDArray[np.int64],
+    r_index: NDArray[np.int64],
+    g_index: NDArray[np.int64],
+    objective: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    limit = _RATIO_OCTAVES * _RATIO_STEPS
+    key = (n_index * (2 * limit + 1) + (r_index + limit)) * (_GOAL_STEPS + 1) + g_index
+    return key * 2 + objective
+
+
+def _found(keys: NDArray[np.int64], wanted: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Which of ``wanted`` are in the sorted ``keys``."""
+    position = np.searchsorted(keys, wanted)
+    inside = position < keys.size
+    found = np.zeros(wanted.size, dtype=bool)
+    found[inside] = keys[position[inside]] == wanted[inside]
+    return found
+
+
+def _solve_quantised(
+    servers: Array,
+    patience_ratio: Array,
+    goal: Array,
+    *,
+    busy_factor: NDArray[np.bool_],
+    busy_ceiling: float,
+) -> Array:
+    """(a*, P_ab(a*)) per row; BUSY_FACTOR rows are held under the abandonment ceiling."""
+    load = solve_operating_load(servers, patience_ratio, goal, busy_factor=busy_factor)
+    ceiling = np.flatnonzero(busy_factor)
+    if ceiling.size:
+        capped = solve_operating_load(
+            servers[ceiling],
+            patience_ratio[ceiling],
+            np.full(ceiling.size, busy_ceiling),
+            busy_factor=np.zeros(ceiling.size, dtype=bool),
+        )
+        load[ceiling] = np.minimum(load[ceiling], capped)
+    abandon = erlang_a(servers, load, patience_ratio).abandon_probability
+    return np.column_stack([load, abandon])
+
+
+#: The process-wide cache of operating points (deterministic: see the module docstring).
+OPERATING_POINTS = OperatingPoints()
+
+
+def operating_point(
+    servers: Array,
+    patience_ratio: Array,
+    goal: Array,
+    *,
+    busy_factor: NDArray[np.bool_],
+    busy_ceiling: float = 0.2,
+) -> OperatingPoint:
+    """a* and P_ab(a*) per row from the process-wide cache (§5.1, §5.2)."""
+    return OPERATING_POINTS.lookup(
+        np.asarray(servers, dtype=np.float64),
+        np.asarray(patience_ratio, dtype=np.float64),
+        np.asarray(goal, dtype=np.float64),
+        busy_factor=np.asarray(busy_factor, dtype=bool),
+        busy_ceiling=float(busy_ceiling),
+    )

@@ -1,0 +1,235 @@
+"""Erlang B, Erlang-A and the operating-point solvers against brute force (algorithm.md §5)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import logsumexp
+
+from pacing.algorithms._erlang import (
+    OperatingPoints,
+    erlang_a,
+    log_erlang_b,
+    operating_point,
+    solve_operating_load,
+)
+
+
+def birth_death(servers: int, load: float, patience_ratio: float) -> tuple[float, float, float]:
+    """(P(wait > 0), P(abandon), occupancy) of the truncated birth–death chain of M/M/N+M.
+
+    Rates in units of μ: up a, down min(k, N) + max(k − N, 0)·r. The chain is truncated where
+    its stationary weights have fallen by e^(−80) from their peak (asserted, not assumed).
+    """
+    queue_peak = max(0.0, (load - servers) / patience_ratio)
+    spread = math.sqrt((load + servers) / patience_ratio) + 1.0
+    states = int(servers + queue_peak + 40.0 * spread + 200)
+    k = np.arange(1, states + 1, dtype=np.float64)
+    down = np.minimum(k, servers) + np.maximum(k - servers, 0.0) * patience_ratio
+    log_weight = np.concatenate([[0.0], np.cumsum(math.log(load) - np.log(down))])
+    assert log_weight[-1] < log_weight.max() - 80.0, "truncated too early"
+    probability = np.exp(log_weight - logsumexp(log_weight))
+    count = np.arange(states + 1)
+    wait = float(probability[count >= servers].sum())
+    queued = float((probability * np.maximum(count - servers, 0)).sum())
+    busy = float((probability * np.minimum(count, servers)).sum())
+    return wait, patience_ratio * queued / load, busy / servers
+
+
+def random_cases(count: int, seed: int) -> list[tuple[int, float, float]]:
+    """(N, a, r): 1–400 slots, loads from 50 % to 300 % of capacity, patience from 50× shorter
+    than the handle time to 50× longer (log-uniform)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(count):
+        servers = int(rng.integers(1, 401))
+        utilisation = math.exp(rng.uniform(math.log(0.5), math.log(3.0)))
+        ratio = math.exp(rng.uniform(math.log(0.02), math.log(50.0)))
+        cases.append((servers, utilisation * servers, ratio))
+    return cases
+
+
+def test_erlang_a_matches_the_birth_death_chain_over_random_cases() -> None:
+    # given
+    cases = [*random_cases(260, seed=20261126), (1, 0.5, 1.0), (400, 380.0, 0.02), (2, 6.0, 50.0)]
+    servers, load, ratio = (
+        np.array(column, dtype=np.float64) for column in zip(*cases, strict=True)
+    )
+
+    # when
+    computed = erlang_a(servers, load, ratio)
+
+    # then
+    checked = 0
+    for index, case in enumerate(cases):
+        wait, abandon, occupancy = birth_death(*case)
+        if abandon <= 1e-6:
+            continue
+        checked += 1
+        assert computed.abandon_probability[index] == pytest.approx(abandon, rel=1e-9), case
+        assert computed.wait_probability[index] == pytest.approx(wait, rel=1e-9), case
+        assert computed.occupancy[index] == pytest.approx(occupancy, rel=1e-9), case
+    assert checked >= 200
+
+
+def test_erlang_b_matches_the_textbook_recursion_even_far_above_capacity() -> None:
+    # given: B_k = a·B_(k−1)/(k + a·B_(k−1)), including loads where the Poisson CDF underflows
+    cases = [(1, 0.3), (10, 7.0), (100, 95.0), (400, 350.0), (5, 2000.0), (50, 40_000.0)]
+
+    for servers, load in cases:
+        blocking = 1.0
+        for k in range(1, servers + 1):
+            blocking = load * blocking / (k + load * blocking)
+
+        # when
+        computed = math.exp(log_erlang_b(np.array([float(servers)]), np.array([load]))[0])
+
+        # then
+        assert computed == pytest.approx(blocking, rel=1e-11), (servers, load)
+
+
+def test_abandonment_and_occupancy_grow_with_the_load() -> None:
+    # given
+    load = np.linspace(0.5, 60.0, 200)
+
+    # when
+    state = erlang_a(np.full(200, 30.0), load, np.full(200, 3.0))
+
+    # then
+    assert (np.diff(state.abandon_probability) > 0).all()
+    assert (np.diff(state.occupancy) > 0).all()
+    assert ((state.occupancy > 0) & (state.occupancy < 1)).all()
+
+
+def test_extreme_inputs_stay_finite() -> None:
+    # given: huge groups, absurd loads, patience a million times shorter or longer than service
+    servers = np.array([1.0, 1e5, 1e5, 1.0, 400.0, 7.0])
+    load = np.array([1e-9, 1e5, 1e8, 1e6, 399.0, 7.0])
+    ratio = np.array([1e-6, 1e-6, 1e6, 1e-6, 1e-3, 1.0])
+
+    # when
+    state = erlang_a(servers, load, ratio)
+
+    # then
+    for values in state:
+        assert np.isfinite(values).all()
+        assert ((values >= 0) & (values <= 1)).all()
+
+
+def test_abandonment_operating_point_meets_the_goal_exactly() -> None:
+    # given
+    servers = np.array([1.0, 5.0, 30.0, 100.0, 300.0])
+    ratio = np.full(5, 3.0)  # 180 s handle time, 60 s patience
+
+    # when
+    load = solve_operating_load(servers, ratio, np.full(5, 0.03), busy_factor=np.zeros(5, bool))
+
+    # then
+    abandon = erlang_a(servers, load, ratio).abandon_probability
+    assert abandon == pytest.approx(np.full(5, 0.03), rel=1e-9)
+    assert (load < servers / (1 - 0.03)).all()  # the bracket of §5
+
+
+def test_busy_factor_operating_point_is_the_smallest_load_that_reaches_the_goal() -> None:
+    # given
+    servers = np.array([2.0, 30.0, 100.0])
+    ratio = np.full(3, 3.0)
+
+    # when
+    load = solve_operating_load(servers, ratio, np.full(3, 0.8), busy_factor=np.ones(3, bool))
+
+    # then
+    occupancy = erlang_a(servers, load, ratio).occupancy
+    assert occupancy == pytest.approx(np.full(3, 0.8), rel=1e-9)
+    assert (load >= 0.8 * servers).all()  # the bracket of §5
+
+
+def test_operating_load_never_falls_when_the_goal_rises() -> None:
+    # given
+    goals = np.linspace(0.01, 0.5, 50)
+
+    # when
+    load = solve_operating_load(
+        np.full(50, 12.0), np.full(50, 0.7), goals, busy_factor=np.zeros(50, bool)
+    )
+
+    # then
+    assert (np.diff(load) > 0).all()
+
+
+def test_the_cache_interpolates_between_exact_grid_points() -> None:
+    # given
+    cache = OperatingPoints()
+    servers = np.array([30.0, 30.0, 100.0, 30.0])
+    ratio = np.array([3.0, 3.0, 3.0, 3.0])
+    goal = np.array([0.03, 0.03, 0.05, 0.8])
+    busy = np.array([False, False, False, True])
+
+    # when
+    first = cache.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+    solved = len(cache)
+    second = cache.lookup(
+        servers[::-1], ratio[::-1], goal[::-1], busy_factor=busy[::-1], busy_ceiling=0.2
+    )
+
+    # then: the second lookup solved nothing new; the points are 1/16 octave apart
+    assert len(cache) == solved
+    np.testing.assert_array_equal(second.load, first.load[::-1])
+    below, above = (
+        2.0 ** (np.floor(np.log2(3.0) * 16) / 16),
+        2.0 ** (np.ceil(np.log2(3.0) * 16) / 16),
+    )
+    exact = solve_operating_load(
+        np.array([30.0, 30.0]),
+        np.array([below, above]),
+        np.array([0.03, 0.03]),
+        busy_factor=np.zeros(2, dtype=bool),
+    )
+    assert min(exact) <= first.load[0] <= max(exact)
+    truth = solve_operating_load(servers[:1], ratio[:1], goal[:1], busy_factor=busy[:1])
+    assert first.load[0] == pytest.approx(truth[0], rel=1e-4)
+    assert first.abandon_probability[0] == pytest.approx(0.03, rel=1e-9)
+
+
+def test_busy_factor_is_held_under_the_abandonment_ceiling() -> None:
+    # given: a goal of 99 % busy would need visitors to abandon massively
+    servers = np.array([10.0])
+
+    # when
+    point = operating_point(
+        servers, np.array([3.0]), np.array([0.99]), busy_factor=np.array([True]), busy_ceiling=0.1
+    )
+
+    # then
+    assert point.abandon_probability[0] == pytest.approx(0.1, rel=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    servers=st.integers(1, 1000),
+    utilisation=st.floats(1e-6, 1e3),
+    ratio=st.floats(1e-5, 1e5),
+    goal=st.floats(1e-4, 0.999),
+    busy=st.booleans(),
+)
+def test_any_operating_point_is_finite_and_inside_its_bracket(
+    servers: int, utilisation: float, ratio: float, goal: float, busy: bool
+) -> None:
+    # given
+    slots = np.array([float(servers)])
+
+    # when
+    state = erlang_a(slots, slots * utilisation, np.array([ratio]))
+    point = operating_point(
+        slots, np.array([ratio]), np.array([goal]), busy_factor=np.array([busy])
+    )
+
+    # then
+    for values in (*state, point.abandon_probability):
+        assert np.isfinite(values).all()
+        assert ((values >= 0) & (values <= 1)).all()
+    assert 0 < point.load[0] <= 1000 * servers
