@@ -143,8 +143,8 @@ class ChannelTotal:
 
 
 @dataclass(frozen=True, slots=True)
-class CycleRecord:
-    """Everything ``pacing.record_cycle`` writes for one cycle; travels through Redis as JSON."""
+class CycleSummary:
+    """One row of ``cycles``: what ``pacing cycles`` shows."""
 
     seq: int
     epoch: int
@@ -162,6 +162,13 @@ class CycleRecord:
     payload_bytes: int
     publish_status: str
     error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRecord(CycleSummary):
+    """Everything ``pacing.record_cycle`` writes for one cycle (the cycle row and its rows);
+    travels through Redis as JSON."""
+
     decisions: Sequence[DecisionRow] = ()
     channels: Sequence[ChannelTotal] = ()
 
@@ -260,28 +267,6 @@ class CycleRecord:
                 for channel, budget, capacity, count in data["channels"]
             ),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class CycleSummary:
-    """One row of ``cycles``: what ``pacing status`` and ``pacing history cycles`` show."""
-
-    seq: int
-    epoch: int
-    node: str
-    started_at: datetime
-    published_at: datetime | None
-    fetch_ms: float | None
-    pace_ms: float | None
-    merge_ms: float | None
-    publish_ms: float | None
-    target_count: int
-    changed_count: int
-    error_count: int
-    payload_kind: str
-    payload_bytes: int
-    publish_status: str
-    error: str | None
 
 
 @dataclass(frozen=True, slots=True)
