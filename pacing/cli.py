@@ -845,6 +845,17 @@ def _format_option(default: str | None = "table") -> Callable[[_F], _F]:
     )
 
 
+def _last_option(help_text: str) -> Callable[[_F], _F]:
+    return click.option(
+        "--last",
+        "limit",
+        default=20,
+        show_default=True,
+        type=click.IntRange(1, 100_000),
+        help=help_text,
+    )
+
+
 def _plot_option() -> Callable[[_F], _F]:
     return click.option(
         "--plot",
@@ -884,14 +895,7 @@ CYCLE_COLUMNS = [
 
 
 @main.command()
-@click.option(
-    "--last",
-    "limit",
-    default=20,
-    show_default=True,
-    type=click.IntRange(1, 100_000),
-    help="How many cycles, newest first.",
-)
+@_last_option("How many cycles, newest first.")
 @_format_option()
 def cycles(limit: int, fmt: str) -> None:
     """The last N cycles: seq, epoch, leader, latency and per-stage times, counts, status.
@@ -1016,14 +1020,7 @@ def channels(since: str, until: str | None, fmt: str | None, plot: Path | None) 
 
 
 @main.command()
-@click.option(
-    "--last",
-    "limit",
-    default=20,
-    show_default=True,
-    type=click.IntRange(1, 100_000),
-    help="How many leadership epochs, newest first.",
-)
+@_last_option("How many leadership epochs, newest first.")
 @_format_option()
 def leaders(limit: int, fmt: str) -> None:
     """Leadership changes: which node led each epoch, from when to when, replacing whom.

@@ -52,6 +52,19 @@ def _self_check(slots: int, seeds: int) -> Scenario:
     )
 
 
+def _progressive(slots: int, *, hours: float, warmup_hours: float, seeds: int) -> Scenario:
+    return Scenario(
+        name=f"progressive-abandon3-{slots}",
+        slots=slots,
+        pacer=Pacer.PROGRESSIVE,
+        hours=hours,
+        warmup_hours=warmup_hours,
+        seeds=seeds,
+        # Shown failing below 10 slots (§3); above, a comparison, not judged.
+        expected_to_pass=False if slots < 10 else None,
+    )
+
+
 def quick_grid(*, seeds: int = 0) -> list[Scenario]:
     """The grid behind the acceptance criteria: minutes on 2 cores.
 
@@ -74,18 +87,7 @@ def quick_grid(*, seeds: int = 0) -> list[Scenario]:
                 )
             )
     for slots in QUICK_SLOTS:
-        scenarios.append(
-            Scenario(
-                name=f"progressive-abandon3-{slots}",
-                slots=slots,
-                pacer=Pacer.PROGRESSIVE,
-                hours=hours,
-                warmup_hours=warmup,
-                seeds=large_seeds,
-                # Shown failing below 10 slots (§3); above, a comparison, not judged.
-                expected_to_pass=False if slots < 10 else None,
-            )
-        )
+        scenarios.append(_progressive(slots, hours=hours, warmup_hours=warmup, seeds=large_seeds))
     for slots in (10, 30, 100):
         for share in (0.3, 0.6):
             scenarios.append(
@@ -131,18 +133,7 @@ def full_grid(*, seeds: int = 0) -> list[Scenario]:
             )
     for slots in FULL_SLOTS:
         total, warmup = hours_for(slots)
-        scenarios.append(
-            Scenario(
-                name=f"progressive-abandon3-{slots}",
-                slots=slots,
-                pacer=Pacer.PROGRESSIVE,
-                hours=total,
-                warmup_hours=warmup,
-                seeds=count,
-                # Shown failing below 10 slots (§3); above, a comparison, not judged.
-                expected_to_pass=False if slots < 10 else None,
-            )
-        )
+        scenarios.append(_progressive(slots, hours=total, warmup_hours=warmup, seeds=count))
         scenarios.append(_self_check(slots, count))
     scenarios.extend(_axes(count))
     scenarios.extend(_stress(count))
