@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from pacing.domain import Reason
+from pacing.domain import Reason, TargetConfig
 
 REACTIVE_DECIMALS = 4  # reactive_state is published with this precision; changes below it are noise
 
@@ -24,6 +24,23 @@ _REASON_LABELS = [reason.label for reason in Reason]
 
 class IncompleteCycle(Exception):
     """The chord delivered a wrong set of shards; the cycle must not publish."""
+
+
+def split_into_shards(targets: Sequence[TargetConfig], shard_size: int) -> list[list[list[Any]]]:
+    """Targets as compact JSON rows, ``shard_size`` per shard (the chord header's arguments)."""
+    rows = [
+        [
+            t.target_id,
+            t.channel,
+            t.algorithm.value,
+            t.objective.value,
+            t.goal_percent,
+            t.proactive_ratio,
+            t.max_budget,
+        ]
+        for t in targets
+    ]
+    return [rows[i : i + shard_size] for i in range(0, len(rows), shard_size)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +59,8 @@ class ShardRows:
     waiting: list[int | None]
     fetch_ms: float
     pace_ms: float
+    started_at: float = 0.0  # Unix seconds: when the worker began the shard …
+    finished_at: float = 0.0  # … and when its rows were ready (the stage timeline of a cycle)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,11 +76,13 @@ class ShardRows:
             "waiting": self.waiting,
             "fetch_ms": self.fetch_ms,
             "pace_ms": self.pace_ms,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShardRows:
-        return cls(**{name: data[name] for name in cls.__slots__})
+        return cls(**{name: data[name] for name in cls.__slots__ if name in data})
 
 
 def optional_ints(values: NDArray[np.float64]) -> list[int | None]:
@@ -83,6 +104,10 @@ class MergedCycle:
     waiting: list[int | None]
     fetch_ms: float  # slowest shard: the critical path
     pace_ms: float
+    fetch_ms_total: float = 0.0  # every shard's: the work, spread over the worker processes
+    pace_ms_total: float = 0.0
+    shards_started_at: float = 0.0  # Unix seconds: the first shard began …
+    shards_finished_at: float = 0.0  # … and the last one finished
 
     @property
     def error_count(self) -> int:
@@ -119,6 +144,10 @@ def merge_shards(
         waiting=[v for rows in ordered for v in rows.waiting],
         fetch_ms=max((rows.fetch_ms for rows in ordered), default=0.0),
         pace_ms=max((rows.pace_ms for rows in ordered), default=0.0),
+        fetch_ms_total=sum(rows.fetch_ms for rows in ordered),
+        pace_ms_total=sum(rows.pace_ms for rows in ordered),
+        shards_started_at=min((rows.started_at for rows in ordered), default=0.0),
+        shards_finished_at=max((rows.finished_at for rows in ordered), default=0.0),
     )
 
 

@@ -88,6 +88,11 @@ class Keys:
         """The enabled targets as last read from the history database (fallback copy)."""
         return f"{self.prefix}:targets"
 
+    @property
+    def operating_points(self) -> str:
+        """Erlang-A operating points solved by any worker (versioned with their grid)."""
+        return f"{self.prefix}:operating_points:v1"
+
     def audit(self, seq: int) -> str:
         """The audit record of cycle ``seq`` waiting to be written to the history database."""
         return f"{self.prefix}:audit:{seq}"

@@ -33,15 +33,9 @@ from pacing.cycle import (
     merge_shards,
     optional_ints,
     reason_label,
+    split_into_shards,
 )
-from pacing.domain import (
-    Algorithm,
-    Objective,
-    Reason,
-    StatisticsError,
-    TargetConfig,
-    TargetStatistics,
-)
+from pacing.domain import Reason, TargetConfig
 from pacing.engagement import encode_payload
 from pacing.errors import (
     DeltaBaseMismatch,
@@ -51,10 +45,11 @@ from pacing.errors import (
     StaleSequence,
     StatServerUnavailable,
 )
-from pacing.history.repository import ChannelTotal, CycleRecord, DecisionRow
-from pacing.leadership import FenceVerdict
+from pacing.history.repository import ChannelTotal, CycleRecord, DecisionRow, record_cycle
+from pacing.leadership import FenceVerdict, Role, TickOutcome
 from pacing.services import Services
 from pacing.settings import Settings
+from pacing.statistics import COLUMN, StatisticsBatch
 
 logger = logging.getLogger(__name__)
 
@@ -85,46 +80,118 @@ def pacing_parameters(settings: Settings) -> PacingParameters:
 # --- shards -------------------------------------------------------------------------------
 
 
-def split_into_shards(targets: Sequence[TargetConfig], shard_size: int) -> list[list[list[Any]]]:
-    """Targets as compact JSON rows, ``shard_size`` per shard (the chord header's arguments)."""
-    rows = [
-        [
-            t.target_id,
-            t.channel,
-            t.algorithm.value,
-            t.objective.value,
-            t.goal_percent,
-            t.proactive_ratio,
-            t.max_budget,
-        ]
-        for t in targets
-    ]
-    return [rows[i : i + shard_size] for i in range(0, len(rows), shard_size)]
+@dataclass(frozen=True, slots=True)
+class ShardTargets:
+    """The targets of one shard as columns: what pacing needs, decoded once per shard."""
 
+    ids: list[str]
+    channel: list[str]
+    targets: PacingTargets
 
-def decode_shard_targets(rows: Sequence[Sequence[Any]]) -> list[TargetConfig]:
-    return [
-        TargetConfig(
-            target_id=str(tid),
-            channel=str(channel),
-            algorithm=Algorithm(algorithm),
-            objective=Objective(objective),
-            goal_percent=int(goal),
-            proactive_ratio=float(ratio),
-            max_budget=int(max_budget),
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[Any]]) -> ShardTargets:
+        """Decode the rows :func:`split_into_shards` made (ValueError for a malformed row)."""
+        if not rows:
+            return cls([], [], PacingTargets.from_configs([]))
+        try:
+            ids, channel, algorithm, objective, goal, ratio, max_budget = zip(*rows, strict=True)
+        except ValueError:
+            raise ValueError("a shard row does not have the 7 target fields") from None
+        return cls(
+            ids=[str(tid) for tid in ids],
+            channel=[str(name) for name in channel],
+            targets=PacingTargets.from_columns(
+                algorithm=algorithm,
+                objective=objective,
+                goal_percent=goal,
+                proactive_ratio=ratio,
+                max_budget=max_budget,
+            ),
         )
-        for tid, channel, algorithm, objective, goal, ratio, max_budget in rows
-    ]
+
+    @classmethod
+    def of(cls, configs: Sequence[TargetConfig]) -> ShardTargets:
+        return cls.from_rows(split_into_shards(configs, max(1, len(configs)))[0] if configs else [])
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
-def pace_shard(
-    services: Services, *, seq: int, shard: int, targets: Sequence[TargetConfig]
+@dataclass(frozen=True, slots=True)
+class PlannedCycle:
+    """What a beat tick decided: the lease outcome and, if this node may start a cycle, its
+    context and the shards of the chord."""
+
+    outcome: TickOutcome
+    context: CycleContext | None
+    shards: list[list[list[Any]]]
+
+
+def plan_cycle(services: Services, *, node: str) -> PlannedCycle:
+    """Take or renew ``node``'s lease; when it leads and nothing is in flight, cut the shards."""
+    settings = services.settings
+    started_at = services.clock()  # the cycle's latency counts from the tick, lease included
+    outcome = services.leadership.tick(
+        node=node,
+        lease_ttl_seconds=settings.lease_ttl,
+        deadline_seconds=settings.cycle_deadline,
+    )
+    if outcome.role is not Role.LEADER:
+        return PlannedCycle(outcome, None, [])
+    shards = services.enabled_shards(settings.shard_size)
+    context = CycleContext(
+        seq=outcome.seq,
+        epoch=outcome.epoch,
+        node=node,
+        started_at=started_at,
+        shard_count=len(shards),
+        new_leader=outcome.new_leader,
+    )
+    return PlannedCycle(outcome, context, shards)
+
+
+def run_shard(
+    services: Services, *, seq: int, shard: int, rows: Sequence[Sequence[Any]], epoch: int = 0
 ) -> ShardRows:
+    """One chord header task's work on its JSON rows; a shard that fails gets error rows."""
+    try:
+        targets = ShardTargets.from_rows(rows)
+        return pace_shard(services, seq=seq, shard=shard, targets=targets)
+    except Exception:
+        logger.exception(
+            "shard failed; its targets get error rows",
+            extra={"seq": seq, "shard": shard, "epoch": epoch},
+        )
+        return failed_shard(seq=seq, shard=shard, rows=rows)
+
+
+def run_cycle_in_process(services: Services, *, node: str) -> CycleRecord | None:
+    """One whole cycle in this process, with the very functions the Celery tasks call.
+
+    The benchmark's single-process baseline: the same fetch, pacing, merge, fenced publish
+    and audit write, one shard after another, without a broker. None when ``node`` does not
+    lead or a cycle is still in flight.
+    """
+    plan = plan_cycle(services, node=node)
+    if plan.context is None:
+        return None
+    seq = plan.context.seq
+    results = [
+        run_shard(services, seq=seq, shard=index, rows=rows).to_json()
+        for index, rows in enumerate(plan.shards)
+    ]
+    record = publish_cycle(services, results, plan.context)
+    write_audit(services, record.seq)
+    return record
+
+
+def pace_shard(services: Services, *, seq: int, shard: int, targets: ShardTargets) -> ShardRows:
     """Fetch one shard's statistics, pace it and save its state. Never raises for a target."""
     clock = services.clock
-    ids = [t.target_id for t in targets]
+    ids = targets.ids
+    started_at = clock()
     started = time.perf_counter()
-    statistics: Mapping[str, TargetStatistics | StatisticsError]
+    statistics: StatisticsBatch
     try:
         statistics = services.stat_server.fetch(ids)
     except StatServerUnavailable as error:
@@ -137,26 +204,30 @@ def pace_shard(
             "no Stat Server answered; shard paced on its last good statistics or as stale",
             extra={"seq": seq, "shard": shard, "error": str(error)},
         )
+        fresh = False
     else:
-        services.state.remember_statistics(statistics)
+        fresh = True
     fetched = time.perf_counter()
 
     state, feedback = services.state.load(ids, width=algorithms.STATE_WIDTH)
+    services.operating_points.pull()
     inputs = _inputs(ids, statistics, feedback)
     result = algorithms.pace(
         inputs,
-        PacingTargets.from_configs(targets),
+        targets.targets,
         state,
         parameters=pacing_parameters(services.settings),
         now=clock(),
     )
-    services.state.save(ids, result.state)
+    # one round trip: the new state, and the fresh statistics for when no gateway answers
+    services.state.save(ids, result.state, statistics=statistics if fresh else None)
+    services.operating_points.push()
     paced = time.perf_counter()
     return ShardRows(
         shard=shard,
         seq=seq,
         ids=ids,
-        channel=[t.channel for t in targets],
+        channel=targets.channel,
         budget=result.proactive_budget.tolist(),
         reactive=np.round(result.reactive_state, REACTIVE_DECIMALS).tolist(),
         reason=result.reason.tolist(),
@@ -165,17 +236,19 @@ def pace_shard(
         waiting=optional_ints(inputs.interactions_waiting),
         fetch_ms=(fetched - started) * 1000,
         pace_ms=(paced - fetched) * 1000,
+        started_at=started_at,
+        finished_at=clock(),
     )
 
 
-def failed_shard(*, seq: int, shard: int, targets: Sequence[TargetConfig]) -> ShardRows:
+def failed_shard(*, seq: int, shard: int, rows: Sequence[Sequence[Any]]) -> ShardRows:
     """Error rows for a whole shard whose processing failed unexpectedly: budget 0 each."""
-    n = len(targets)
+    n = len(rows)
     return ShardRows(
         shard=shard,
         seq=seq,
-        ids=[t.target_id for t in targets],
-        channel=[t.channel for t in targets],
+        ids=[str(row[0]) if len(row) > 0 else "" for row in rows],
+        channel=[str(row[1]) if len(row) > 1 else "" for row in rows],
         budget=[0] * n,
         reactive=[1.0] * n,
         reason=[int(Reason.ERROR)] * n,
@@ -189,21 +262,19 @@ def failed_shard(*, seq: int, shard: int, targets: Sequence[TargetConfig]) -> Sh
 
 def _inputs(
     ids: Sequence[str],
-    statistics: Mapping[str, TargetStatistics | StatisticsError],
+    statistics: StatisticsBatch,
     feedback: np.ndarray[Any, np.dtype[np.float64]],
 ) -> PacingInputs:
-    n = len(ids)
-    columns = {name: np.full(n, math.nan) for name in _STAT_FIELDS}
-    reason = np.zeros(n, dtype=np.int8)
+    rows = statistics.rows_for(ids)
+    reason = np.zeros(len(ids), dtype=np.int8)
+    errors = statistics.errors
     for i, tid in enumerate(ids):
-        row = statistics.get(tid)
-        if isinstance(row, TargetStatistics):
-            for name in _STAT_FIELDS:
-                columns[name][i] = getattr(row, name)
-        else:
-            reason[i] = row.reason if row is not None else Reason.UNKNOWN_TARGET
+        if tid in errors:
+            reason[i] = errors[tid].reason
+        elif math.isnan(rows[i, 0]):  # an id the answer did not cover at all
+            reason[i] = Reason.UNKNOWN_TARGET
     return PacingInputs(
-        **columns,
+        **{name: rows[:, COLUMN[name]].copy() for name in _STAT_FIELDS},
         offers_sent_total=feedback[:, 0].copy(),
         offers_accepted_total=feedback[:, 1].copy(),
         offers_resolved_total=feedback[:, 2].copy(),
@@ -255,6 +326,7 @@ def publish_cycle(
     settings, clock, keys = services.settings, services.clock, services.keys
     deadline = context.started_at + settings.cycle_deadline
     merge_started = time.perf_counter()
+    merge_started_at = clock()
     try:
         merged = merge_shards(results, seq=context.seq, shard_count=context.shard_count)
     except IncompleteCycle as error:
@@ -262,7 +334,7 @@ def publish_cycle(
             "cycle abandoned: %s", error, extra={"seq": context.seq, "epoch": context.epoch}
         )
         record = _record(context, status="abandoned", error=str(error), clock=clock)
-        return _finish(services, context, record)
+        return _finish(services, context, record, merge_started_at=merge_started_at)
 
     previous = _load_snapshot(services)
     full = (
@@ -339,7 +411,13 @@ def publish_cycle(
             },
         )
         services.leadership.count("cycles_published")
-    return _finish(services, context, record_for(status, failure, publish_ms), merged=merged)
+    return _finish(
+        services,
+        context,
+        record_for(status, failure, publish_ms),
+        merged=merged,
+        merge_started_at=merge_started_at,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,6 +589,7 @@ def _finish(
     record: CycleRecord,
     *,
     merged: MergedCycle | None = None,
+    merge_started_at: float,
 ) -> CycleRecord:
     """Stage the audit record, publish the cycle's figures, let the next cycle start."""
     keys, clock = services.keys, services.clock
@@ -533,6 +612,15 @@ def _finish(
             "pace_ms": record.pace_ms or 0.0,
             "merge_ms": record.merge_ms or 0.0,
             "publish_ms": record.publish_ms or 0.0,
+            # the cycle's timeline in Unix seconds (refresh → shards → merge → acknowledged):
+            # where a slow cycle spent its time, including the queueing between tasks
+            "started_at": context.started_at,
+            "shards_started_at": merged.shards_started_at if merged else 0.0,
+            "shards_finished_at": merged.shards_finished_at if merged else 0.0,
+            "merge_started_at": merge_started_at,
+            "published_at": record.published_at.timestamp() if record.published_at else 0.0,
+            "fetch_ms_total": merged.fetch_ms_total if merged else 0.0,
+            "pace_ms_total": merged.pace_ms_total if merged else 0.0,
             "targets": record.target_count,
             "changed": record.changed_count,
             "error_rows": record.error_count,
@@ -596,6 +684,16 @@ def load_audit(services: Services, seq: int) -> CycleRecord | None:
     """The staged audit record of ``seq``, or None if it was already written."""
     raw = services.redis.get(services.keys.audit(seq))
     return CycleRecord.from_json(orjson.loads(raw)) if raw else None
+
+
+def write_audit(services: Services, seq: int) -> bool:
+    """Write the staged audit record of ``seq`` to the history; False if already written."""
+    record = load_audit(services, seq)
+    if record is None:
+        return False  # written by an earlier delivery
+    inserted = record_cycle(services.history, record)
+    forget_audit(services, seq)
+    return inserted
 
 
 def forget_audit(services: Services, seq: int) -> None:

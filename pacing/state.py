@@ -2,36 +2,32 @@
 
 Any worker may pace any shard, so the state lives in Redis: one hash field per target, the value
 the raw bytes of a float64 vector. A shard reads its state and feedback in one pipelined round
-trip and writes its state back in another. A missing, truncated or foreign-width value reads as
-a row of NaN, which the algorithms treat as a cold start (algorithm.md §2).
+trip and writes its state back, with the statistics it paced on, in another. A missing,
+truncated or foreign-width value reads as a row of NaN, which the algorithms treat as a cold
+start (algorithm.md §2).
+
+Each value is the row's raw little-endian bytes: packing and unpacking are ``tobytes`` and
+``frombuffer``, with no text encoding, and redis-py packs the command with hiredis in C (a
+shard's save is one HSET of 2 × targets arguments).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import redis
 from numpy.typing import NDArray
 from redis.typing import EncodableT
 
-from pacing.domain import OfferFeedback, Reason, StatisticsError, TargetStatistics
+from pacing.algorithms import OperatingPoints
+from pacing.domain import OfferFeedback, Reason, StatisticsError
 from pacing.keys import Keys
+from pacing.statistics import COLUMN, STATISTICS_FIELDS, StatisticsBatch
 
 FEEDBACK_WIDTH = 4  # sent, accepted, resolved, pending
-#: the fields of TargetStatistics kept per target, timestamp first
-_STATISTICS_FIELDS = (
-    "timestamp",
-    "agents_logged_in",
-    "agents_ready",
-    "agents_busy",
-    "interactions_waiting",
-    "aht_seconds",
-    "answered_total",
-    "abandoned_total",
-    "reactive_arrivals_total",
-)
 #: refreshed by every successful fetch; the expiry only clears the rows of a stopped cluster
 LAST_STATISTICS_TTL_SECONDS = 24 * 3600
 
@@ -55,64 +51,59 @@ class StateStore:
         raw_state, raw_feedback = pipe.execute()
         return _unpack(raw_state, width), _unpack(raw_feedback, FEEDBACK_WIDTH)
 
-    def save(self, target_ids: Sequence[str], state: NDArray[np.float64]) -> None:
-        """Store one state row per target (one round trip)."""
+    def save(
+        self,
+        target_ids: Sequence[str],
+        state: NDArray[np.float64],
+        *,
+        statistics: StatisticsBatch | None = None,
+    ) -> None:
+        """Store one state row per target and, if given, each target's valid statistics (kept
+        for when no Stat Server answers), in one round trip."""
         if not target_ids:
             return
-        rows = np.ascontiguousarray(state, dtype="<f8")
-        mapping: dict[EncodableT, EncodableT] = {
-            tid: rows[i].tobytes() for i, tid in enumerate(target_ids)
-        }
-        self._client.hset(self._keys.state, mapping=mapping)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(self._keys.state, mapping=_row_mapping(target_ids, state))
+        if statistics is not None:
+            valid = statistics.valid()
+            if valid.any():
+                ids = [tid for tid, ok in zip(statistics.ids, valid.tolist(), strict=True) if ok]
+                pipe.hset(
+                    self._keys.last_statistics,
+                    mapping=_row_mapping(ids, statistics.matrix[valid]),
+                )
+                pipe.expire(self._keys.last_statistics, LAST_STATISTICS_TTL_SECONDS)
+        pipe.execute()
 
     def save_feedback(self, feedback: Mapping[str, OfferFeedback]) -> None:
         """Store the counters the engagement platform returned (partial maps keep the rest)."""
         if not feedback:
             return
-        mapping: dict[EncodableT, EncodableT] = {
-            tid: np.array(
-                [
+        rows = np.array(
+            [
+                (
                     fb.offers_sent_total,
                     fb.offers_accepted_total,
                     fb.offers_resolved_total,
                     fb.offers_pending,
-                ],
-                dtype="<f8",
-            ).tobytes()
-            for tid, fb in feedback.items()
-        }
+                )
+                for fb in feedback.values()
+            ],
+            dtype=np.float64,
+        )
+        mapping = _row_mapping(list(feedback), rows)
         self._client.hset(self._keys.feedback, mapping=mapping)
-
-    def remember_statistics(
-        self, statistics: Mapping[str, TargetStatistics | StatisticsError]
-    ) -> None:
-        """Keep each target's last valid statistics, for when no Stat Server answers."""
-        mapping: dict[EncodableT, EncodableT] = {
-            tid: np.array(
-                [getattr(row, name) for name in _STATISTICS_FIELDS], dtype="<f8"
-            ).tobytes()
-            for tid, row in statistics.items()
-            if isinstance(row, TargetStatistics)
-        }
-        if not mapping:
-            return
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hset(self._keys.last_statistics, mapping=mapping)
-        pipe.expire(self._keys.last_statistics, LAST_STATISTICS_TTL_SECONDS)
-        pipe.execute()
 
     def last_statistics(
         self, target_ids: Sequence[str], *, now: float, max_age_seconds: float
-    ) -> dict[str, TargetStatistics | StatisticsError]:
+    ) -> StatisticsBatch:
         """Each target's last valid statistics while younger than ``max_age_seconds``, else
         STALE (design.md §3.1: both gateways down)."""
-        rows = _unpack(
-            self._client.hmget(self._keys.last_statistics, list(target_ids)),
-            len(_STATISTICS_FIELDS),
-        )
-        result: dict[str, TargetStatistics | StatisticsError] = {}
-        for tid, row in zip(target_ids, rows.tolist(), strict=True):
-            age = now - row[0]
+        ids = list(dict.fromkeys(target_ids))
+        rows = _unpack(self._client.hmget(self._keys.last_statistics, ids), len(STATISTICS_FIELDS))
+        batch = StatisticsBatch(ids, rows)
+        ages = now - rows[:, COLUMN["timestamp"]]
+        for tid, age in zip(ids, ages.tolist(), strict=True):
             if math.isnan(age):
                 detail = "no Stat Server answered and no earlier statistics are known"
             elif age > max_age_seconds:
@@ -121,22 +112,11 @@ class StateStore:
                     f"(limit {max_age_seconds:g} s)"
                 )
             else:
-                fields = dict(zip(_STATISTICS_FIELDS, row, strict=True))
-                result[tid] = TargetStatistics(
-                    target_id=tid,
-                    timestamp=fields["timestamp"],
-                    agents_logged_in=int(fields["agents_logged_in"]),
-                    agents_ready=int(fields["agents_ready"]),
-                    agents_busy=int(fields["agents_busy"]),
-                    interactions_waiting=int(fields["interactions_waiting"]),
-                    aht_seconds=fields["aht_seconds"],
-                    answered_total=int(fields["answered_total"]),
-                    abandoned_total=int(fields["abandoned_total"]),
-                    reactive_arrivals_total=int(fields["reactive_arrivals_total"]),
-                )
                 continue
-            result[tid] = StatisticsError(tid, Reason.STALE, detail)
-        return result
+            batch.errors[tid] = StatisticsError(tid, Reason.STALE, detail)
+        stale = ~batch.valid()
+        rows[stale] = math.nan
+        return batch
 
     def forget(self, target_ids: Sequence[str]) -> None:
         """Drop the state and feedback of targets that no longer exist."""
@@ -148,10 +128,93 @@ class StateStore:
             pipe.execute()
 
 
+def _row_mapping(
+    target_ids: Sequence[str], rows: NDArray[np.float64]
+) -> dict[EncodableT, EncodableT]:
+    packed = np.ascontiguousarray(rows, dtype="<f8")
+    width = packed.shape[1] * 8 if packed.ndim == 2 else 0
+    raw = packed.tobytes()
+    # slices of one buffer: one copy of the rows instead of one small array per target
+    return {tid: raw[i * width : (i + 1) * width] for i, tid in enumerate(target_ids)}
+
+
 def _unpack(values: Sequence[bytes | str | None], width: int) -> NDArray[np.float64]:
-    out = np.full((len(values), width), math.nan)
     expected = width * 8
+    if all(isinstance(value, bytes) and len(value) == expected for value in values):
+        # the common case, every row known: one join and one frombuffer for the whole shard
+        joined = b"".join(cast(Sequence[bytes], values))
+        return np.frombuffer(joined, dtype="<f8").reshape(len(values), width).copy()
+    out = np.full((len(values), width), math.nan)
     for i, value in enumerate(values):
         if isinstance(value, bytes) and len(value) == expected:
             out[i] = np.frombuffer(value, dtype="<f8")
     return out
+
+
+#: The shared operating points expire a day after the last new one: a grid point is valid
+#: forever, this only clears the hash of a cluster that stopped.
+OPERATING_POINTS_TTL_SECONDS = 24 * 3600
+_POINT_FIELD = np.dtype([("ceiling", "<f8"), ("key", "<i8")])
+
+
+class SharedOperatingPoints:
+    """The Erlang-A operating-point cache of this process, shared through Redis.
+
+    Solving a missing grid point costs a vectorised bisection (milliseconds), and each worker
+    process starts with an empty cache: without sharing, every process of every node solves
+    the same points again, and a new leader's workers pace their first cycles slowly. Each
+    process pushes the points it solved and pulls the others' when the hash has grown (one
+    HLEN per shard). A grid point has one value whoever solves it (same code, same grid),
+    and values that are not a plausible operating point are ignored.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys, cache: OperatingPoints) -> None:
+        self._client = client
+        self._key = keys.operating_points
+        self._cache = cache
+        self._seen = 0  # the hash's length at the last pull
+
+    def pull(self) -> int:
+        """Absorb points solved elsewhere if there are new ones; returns how many were new."""
+        count = self._client.hlen(self._key)
+        if count <= self._seen:
+            return 0
+        raw = cast(dict[bytes, bytes], self._client.hgetall(self._key))
+        self._seen = count
+        fields = [f for f, v in raw.items() if len(f) == _POINT_FIELD.itemsize and len(v) == 16]
+        if not fields:
+            return 0
+        where = np.frombuffer(b"".join(fields), dtype=_POINT_FIELD)
+        values = np.frombuffer(b"".join(raw[f] for f in fields), dtype="<f8").reshape(-1, 2)
+        plausible = (
+            np.isfinite(values).all(axis=1)
+            & (values[:, 0] > 0)
+            & (values[:, 1] >= 0)
+            & (values[:, 1] <= 1)
+        )
+        absorbed = 0
+        for ceiling in np.unique(where["ceiling"][plausible]).tolist():
+            rows = plausible & (where["ceiling"] == ceiling)
+            absorbed += self._cache.absorb(
+                ceiling, where["key"][rows].astype(np.int64), values[rows].astype(np.float64)
+            )
+        return absorbed
+
+    def push(self) -> None:
+        """Share the points this process solved since the last push (no-op if none)."""
+        fresh = self._cache.export_fresh()
+        if not fresh:
+            return
+        mapping: dict[EncodableT, EncodableT] = {}
+        for ceiling, keys, values in fresh:
+            where = np.empty(keys.size, dtype=_POINT_FIELD)
+            where["ceiling"], where["key"] = ceiling, keys
+            packed = np.ascontiguousarray(values, dtype="<f8").tobytes()
+            for i, field in enumerate(
+                where.tobytes()[k : k + 16] for k in range(0, where.nbytes, 16)
+            ):
+                mapping[field] = packed[i * 16 : (i + 1) * 16]
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(self._key, mapping=mapping)
+        pipe.expire(self._key, OPERATING_POINTS_TTL_SECONDS)
+        pipe.execute()

@@ -51,11 +51,8 @@ def reset_services() -> None:
 def refresh(node: str) -> str:
     """A beat tick from ``node``: lead (or stay standby) and start one cycle."""
     svc = services()
-    outcome = svc.leadership.tick(
-        node=node,
-        lease_ttl_seconds=settings.lease_ttl,
-        deadline_seconds=settings.cycle_deadline,
-    )
+    plan = pipeline.plan_cycle(svc, node=node)
+    outcome = plan.outcome
     if outcome.role is Role.STANDBY:
         return "standby"
     # from here on every line of this tick belongs to the cycle the tick starts (or skips)
@@ -68,7 +65,7 @@ def refresh(node: str) -> str:
             datetime.fromtimestamp(svc.clock(), UTC).isoformat(),
             outcome.other or None,
         )
-    if outcome.role is Role.OVERRUN:
+    if plan.context is None:  # Role.OVERRUN
         logger.warning(
             "overrun: cycle %s still in flight; tick skipped",
             outcome.seq,
@@ -77,15 +74,7 @@ def refresh(node: str) -> str:
         return "overrun"
     _requeue_lost_audits(svc)
 
-    shards = pipeline.split_into_shards(svc.enabled_targets(), settings.shard_size)
-    context = CycleContext(
-        seq=outcome.seq,
-        epoch=outcome.epoch,
-        node=node,
-        started_at=svc.clock(),
-        shard_count=len(shards),
-        new_leader=outcome.new_leader,
-    )
+    context, shards = plan.context, plan.shards
     deadline = settings.cycle_deadline
     body = publish_cycle.s(context.to_json()).set(
         expires=deadline,
@@ -119,16 +108,7 @@ def refresh(node: str) -> str:
 )
 def pace_shard(seq: int, shard: int, targets: list[list[Any]], epoch: int = 0) -> dict[str, Any]:
     """Chord header: statistics → state → pacing → compact rows. Never raises."""
-    configs = pipeline.decode_shard_targets(targets)
-    try:
-        rows = pipeline.pace_shard(services(), seq=seq, shard=shard, targets=configs)
-    except Exception:
-        logger.exception(
-            "shard failed; its targets get error rows",
-            extra={"seq": seq, "shard": shard, "epoch": epoch},
-        )
-        rows = pipeline.failed_shard(seq=seq, shard=shard, targets=configs)
-    return rows.to_json()
+    return pipeline.run_shard(services(), seq=seq, shard=shard, rows=targets, epoch=epoch).to_json()
 
 
 @app.task(name="pacing.publish_cycle", ignore_result=True)
@@ -163,13 +143,7 @@ def publish_cycle(results: list[dict[str, Any]], context: dict[str, Any]) -> Non
 )
 def record_cycle(self: Task, seq: int) -> bool:
     """Write cycle ``seq`` to the history database; idempotent on ``seq``."""
-    svc = services()
-    record = pipeline.load_audit(svc, seq)
-    if record is None:
-        return False  # written by an earlier delivery
-    inserted = repository.record_cycle(svc.history, record)
-    pipeline.forget_audit(svc, seq)
-    return inserted
+    return pipeline.write_audit(services(), seq)
 
 
 @app.task(

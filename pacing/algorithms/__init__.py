@@ -9,6 +9,7 @@ Public surface::
     PacingInputs, PacingTargets, PacingParameters  what a cycle knows
     PacingResult, pace(...)                        what it decides
     ALGORITHMS, OBJECTIVES                         what PacingTargets' indices refer to
+    OPERATING_POINTS, OperatingPoints              the process's Erlang-A operating-point cache
 
 Where to read on:
 
@@ -23,6 +24,7 @@ Where to read on:
 - ``_state``: the state columns.
 """
 
+from pacing.algorithms._erlang import OPERATING_POINTS, OperatingPoints
 from pacing.algorithms._pace import pace
 from pacing.algorithms._state import STATE_FIELDS, STATE_WIDTH, cold_state
 from pacing.algorithms._types import (
@@ -37,8 +39,10 @@ from pacing.algorithms._types import (
 __all__ = [
     "ALGORITHMS",
     "OBJECTIVES",
+    "OPERATING_POINTS",
     "STATE_FIELDS",
     "STATE_WIDTH",
+    "OperatingPoints",
     "PacingInputs",
     "PacingParameters",
     "PacingResult",

@@ -211,11 +211,33 @@ class OperatingPoints:
     def __init__(self) -> None:
         self._keys: dict[float, NDArray[np.int64]] = {}
         self._values: dict[float, Array] = {}
+        # points solved here and not yet handed to export_fresh(): other processes' caches
+        # can absorb them instead of solving them again
+        self._fresh: list[tuple[float, NDArray[np.int64], Array]] = []
 
     def clear(self) -> None:
         """Forget everything (tests; and automatically past _CACHE_LIMIT entries)."""
         self._keys.clear()
         self._values.clear()
+        self._fresh.clear()
+
+    def export_fresh(self) -> list[tuple[float, NDArray[np.int64], Array]]:
+        """The (busy ceiling, keys, (a*, P_ab*) rows) solved since the last call."""
+        fresh, self._fresh = self._fresh, []
+        return fresh
+
+    def absorb(self, busy_ceiling: float, keys: NDArray[np.int64], values: Array) -> int:
+        """Add points solved elsewhere (by this very code: a grid point has one value).
+
+        Returns how many were new here. Keys already cached keep their value.
+        """
+        known = self._keys.get(busy_ceiling, np.empty(0, dtype=np.int64))
+        new = ~_found(known, keys)
+        if not new.any():
+            return 0
+        keys, first = np.unique(keys[new], return_index=True)
+        self._store(busy_ceiling, keys, values[new][first])
+        return int(keys.size)
 
     def __len__(self) -> int:
         return sum(len(keys) for keys in self._keys.values())
@@ -276,13 +298,16 @@ class OperatingPoints:
         hit = _found(keys, key)
         if not hit.all():
             rows = np.flatnonzero(~hit)
-            n_near = (n_index[rows, None] + _NEAR_N[None, :]).reshape(-1)
-            r_near = (r_index[rows, None] + _NEAR_R[None, :]).reshape(-1)
+            # every missing row with each of its neighbours: row-major (row, ΔN, Δr), so that
+            # the first neighbour of each row is the row's own point
             limit = _RATIO_OCTAVES * _RATIO_STEPS
-            n_near = np.clip(np.repeat(n_near, _NEAR_R.size), 1, _MAX_SERVERS - 1)
-            r_near = np.clip(np.tile(r_near, _NEAR_N.size), -limit, limit)
-            g_near = np.repeat(g_index[rows], _NEAR_N.size * _NEAR_R.size)
-            o_near = np.repeat(objective[rows], _NEAR_N.size * _NEAR_R.size)
+            spread = _NEAR_N.size * _NEAR_R.size
+            n_near = np.repeat(n_index[rows], spread) + np.tile(_NEAR_DN, rows.size)
+            r_near = np.repeat(r_index[rows], spread) + np.tile(_NEAR_DR, rows.size)
+            n_near = np.clip(n_near, 1, _MAX_SERVERS - 1)
+            r_near = np.clip(r_near, -limit, limit)
+            g_near = np.repeat(g_index[rows], spread)
+            o_near = np.repeat(objective[rows], spread)
             near = _key(n_near, r_near, g_near, o_near)
             new = ~_found(keys, near)
             missing, first = np.unique(near[new], return_index=True)
@@ -294,20 +319,32 @@ class OperatingPoints:
                 busy_factor=o_near[chosen] == 1,
                 busy_ceiling=busy_ceiling,
             )
-            if keys.size + missing.size > _CACHE_LIMIT:
-                keys, values = np.empty(0, dtype=np.int64), np.empty((0, 2))
-            keys = np.concatenate([keys, missing])
-            values = np.concatenate([values, solved])
-            order = np.argsort(keys, kind="stable")
-            keys, values = keys[order], values[order]
-            self._keys[busy_ceiling], self._values[busy_ceiling] = keys, values
+            self._store(busy_ceiling, missing, solved)
+            self._fresh.append((busy_ceiling, missing, solved))
+            keys, values = self._keys[busy_ceiling], self._values[busy_ceiling]
         position = np.searchsorted(keys, key)
+        if not (position < keys.size).all() or not np.array_equal(keys[position], key):
+            raise AssertionError("an operating point was looked up before it was solved")
         grid_values: Array = values[position]
         return grid_values
+
+    def _store(self, busy_ceiling: float, new_keys: NDArray[np.int64], new_values: Array) -> None:
+        """Merge points whose keys are not cached yet, keeping the keys sorted."""
+        keys = self._keys.get(busy_ceiling, np.empty(0, dtype=np.int64))
+        values = self._values.get(busy_ceiling, np.empty((0, 2)))
+        if keys.size + new_keys.size > _CACHE_LIMIT:
+            keys, values = np.empty(0, dtype=np.int64), np.empty((0, 2))
+        keys = np.concatenate([keys, new_keys])
+        values = np.concatenate([values, new_values])
+        order = np.argsort(keys, kind="stable")
+        self._keys[busy_ceiling], self._values[busy_ceiling] = keys[order], values[order]
 
 
 _NEAR_N = np.array([0, -1, 1], dtype=np.int64)
 _NEAR_R = np.array([0, -2, -1, 1, 2], dtype=np.int64)
+#: every (ΔN, Δr) pair, ΔN-major
+_NEAR_DN = np.repeat(_NEAR_N, _NEAR_R.size)
+_NEAR_DR = np.tile(_NEAR_R, _NEAR_N.size)
 
 
 def _key(

@@ -77,8 +77,39 @@ class PacingTargets:
             max_budget=np.array([c.max_budget for c in configs], dtype=np.int64),
         )
 
+    @classmethod
+    def from_columns(
+        cls,
+        *,
+        algorithm: Sequence[str],
+        objective: Sequence[str],
+        goal_percent: Sequence[float],
+        proactive_ratio: Sequence[float],
+        max_budget: Sequence[int],
+    ) -> PacingTargets:
+        """Arrays from configuration columns (enum values as strings, as a shard carries them).
+
+        Raises ValueError naming an unknown algorithm or objective.
+        """
+        try:
+            algorithms = [_ALGORITHM_INDEX[a] for a in algorithm]
+            objectives = [_OBJECTIVE_INDEX[o] for o in objective]
+        except KeyError as unknown:
+            raise ValueError(f"unknown algorithm or objective {unknown.args[0]!r}") from None
+        return cls(
+            algorithm=np.array(algorithms, dtype=np.int8),
+            objective=np.array(objectives, dtype=np.int8),
+            goal=np.array(goal_percent, dtype=np.float64) / 100.0,
+            proactive_ratio=np.array(proactive_ratio, dtype=np.float64),
+            max_budget=np.array(max_budget, dtype=np.int64),
+        )
+
     def __len__(self) -> int:
         return len(self.algorithm)
+
+
+_ALGORITHM_INDEX: dict[str, int] = {algorithm.value: i for i, algorithm in enumerate(ALGORITHMS)}
+_OBJECTIVE_INDEX: dict[str, int] = {objective.value: i for i, objective in enumerate(OBJECTIVES)}
 
 
 @dataclass(frozen=True, slots=True)

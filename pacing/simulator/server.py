@@ -237,7 +237,9 @@ class SimulatorApp:
                 )
             )
             self._published_seqs.add(payload.seq)
-        return {"accepted_seq": payload.seq, "feedback": self.world.feedback(now=now)}
+        # a delta is answered with the counters that moved, a full snapshot with all of them
+        feedback = self.world.feedback(now=now, changed_only=payload.kind == "delta")
+        return {"accepted_seq": payload.seq, "feedback": feedback}
 
     def count(self, counter: str) -> None:
         """Add one to a fence counter."""
@@ -501,6 +503,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the pacing clients reuse connections
     server_version = "PacingSimulator/1.0"
     timeout = 60  # an idle keep-alive connection is closed after this many seconds
+    # TCP_NODELAY: the headers and the body leave in two writes; with Nagle's algorithm the
+    # body waits for the ACK of the headers, which the client delays by up to 40 ms (measured:
+    # a 250-target statistics request took 44 ms instead of 1 ms).
+    disable_nagle_algorithm = True
 
     _routes: ClassVar[dict[tuple[str, str], str]] = {
         ("POST", "/statserver/primary/v1/statistics/query"): "_statistics_primary",

@@ -258,6 +258,8 @@ class World:
         # Cumulative counters (never decrease: the Stat Server and feedback contracts).
         self._offers_sent = zeros()
         self._offers_resolved = zeros()
+        # (sent, accepted, resolved) as last reported by feedback(): what changed_only compares
+        self._reported_feedback = np.full((self._count, 3), -1, dtype=np.int64)
         self._offers_accepted = zeros()
         self._answered_pro = zeros()
         self._answered_rea = zeros()
@@ -543,16 +545,30 @@ class World:
             return len(positions)
 
     def feedback(
-        self, target_ids: Iterable[str] | None = None, *, now: float | None = None
+        self,
+        target_ids: Iterable[str] | None = None,
+        *,
+        now: float | None = None,
+        changed_only: bool = False,
     ) -> dict[str, dict[str, int]]:
-        """Cumulative invitation counters per target (default: all); unknown ids are skipped."""
+        """Cumulative invitation counters per target (default: all); unknown ids are skipped.
+
+        ``changed_only``: just the targets whose counters moved since the last report (what
+        the receiver answers a delta with; a full snapshot gets every target, so a service
+        that lost its state learns all counters again at its first, full, publish).
+        """
         with self.lock:
             self.advance(now)
             rows = self._rows(target_ids)
+            counters = np.stack(
+                [self._offers_sent[rows], self._offers_accepted[rows], self._offers_resolved[rows]],
+                axis=1,
+            )
+            if changed_only:
+                moved = (counters != self._reported_feedback[rows]).any(axis=1)
+                rows, counters = rows[moved], counters[moved]
+            self._reported_feedback[rows] = counters
             ids = [self.specs[row].target_id for row in rows.tolist()]
-            sent = self._offers_sent[rows].tolist()
-            accepted = self._offers_accepted[rows].tolist()
-            resolved = self._offers_resolved[rows].tolist()
             return {
                 target_id: {
                     "offers_sent_total": s,
@@ -560,7 +576,7 @@ class World:
                     "offers_resolved_total": r,
                     "offers_pending": s - r,
                 }
-                for target_id, s, a, r in zip(ids, sent, accepted, resolved, strict=True)
+                for target_id, (s, a, r) in zip(ids, counters.tolist(), strict=True)
             }
 
     def _rows(self, target_ids: Iterable[str] | None) -> IntArray:

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import redis
 
-from pacing.domain import OfferFeedback
+from pacing.algorithms import OperatingPoints
+from pacing.domain import OfferFeedback, Reason, StatisticsError, TargetStatistics
 from pacing.keys import Keys
 from pacing.leadership import FenceVerdict, Leadership, Role, TickOutcome
-from pacing.state import FEEDBACK_WIDTH, StateStore
+from pacing.state import FEEDBACK_WIDTH, SharedOperatingPoints, StateStore
+from pacing.statistics import STATISTICS_FIELDS, StatisticsBatch
 from pacing.status import cluster_status
 from tests.support import leased_redis_db, redis_url
 
@@ -463,3 +465,49 @@ def test_forget_drops_state_and_feedback(store: StateStore) -> None:
     assert np.isnan(feedback[0]).all()
     assert loaded[1].tolist() == [1.0] * WIDTH
     assert feedback[1].tolist() == [2.0, 2.0, 2.0, 0.0]
+
+
+def test_statistics_saved_with_the_state_come_back_when_no_gateway_answers(
+    store: StateStore,
+) -> None:
+    # given: a shard saved its state with the statistics it paced on; "b" had an error
+    now = 1_795_000_000.0
+    matrix = np.full((2, len(STATISTICS_FIELDS)), math.nan)
+    matrix[0] = [now, 5, 2, 3, 1, 180.0, 10, 1, 4]
+    fetched = StatisticsBatch(["a", "b"], matrix, {"b": StatisticsError("b", Reason.ERROR, "x")})
+    store.save(["a", "b"], np.zeros((2, WIDTH)), statistics=fetched)
+
+    # when
+    young = store.last_statistics(["a", "b"], now=now + 3, max_age_seconds=6)
+    old = store.last_statistics(["a"], now=now + 7, max_age_seconds=6)
+
+    # then
+    assert young["a"] == TargetStatistics("a", now, 5, 2, 3, 1, 180.0, 10, 1, 4)
+    assert isinstance(young["b"], StatisticsError) and young["b"].reason is Reason.STALE
+    assert isinstance(old["a"], StatisticsError) and "7.0 s old" in old["a"].detail
+    assert np.isnan(old.matrix).all()
+
+
+def test_operating_points_solved_by_one_process_reach_another_through_redis(
+    client: redis.Redis, keys: Keys
+) -> None:
+    # given: two processes' caches, the first solves
+    first, second = OperatingPoints(), OperatingPoints()
+    shared_first = SharedOperatingPoints(client, keys, first)
+    shared_second = SharedOperatingPoints(client, keys, second)
+    servers, ratio, goal = np.array([20.0, 60.0]), np.array([0.4, 2.0]), np.array([0.03, 0.05])
+    busy = np.zeros(2, dtype=bool)
+    solved = first.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+    shared_first.push()
+    client.hset(keys.operating_points, b"garbage", b"x")  # a foreign field is ignored
+
+    # when
+    pulled = shared_second.pull()
+    again = shared_second.pull()  # nothing new since
+    read = second.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+
+    # then: the second process solved nothing and answers exactly as the first
+    assert pulled == len(first) > 0 and again == 0
+    assert second.export_fresh() == []
+    np.testing.assert_array_equal(read.load, solved.load)
+    assert client.ttl(keys.operating_points) > 0

@@ -98,7 +98,9 @@ def targets(simulator: RunningSimulator) -> list[TargetConfig]:
 
 
 def pace(services: Services, configs: list[TargetConfig], seq: int) -> Any:
-    return pipeline.pace_shard(services, seq=seq, shard=0, targets=configs)
+    return pipeline.pace_shard(
+        services, seq=seq, shard=0, targets=pipeline.ShardTargets.of(configs)
+    )
 
 
 # --- both Stat Servers down -------------------------------------------------------------------
@@ -190,9 +192,7 @@ def test_after_a_failed_publish_the_next_publish_is_a_full_snapshot(
             new_leader=outcome.new_leader,
         )
         rows = dataclasses.replace(
-            pipeline.failed_shard(
-                seq=context.seq, shard=0, targets=[TargetConfig("a"), TargetConfig("b")]
-            ),
+            pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"], ["b", "chat"]]),
             budget=[budget, 0],
             reason=[int(Reason.OK)] * 2,
         )
@@ -248,7 +248,7 @@ def test_a_receiver_ahead_of_the_seq_counter_makes_the_counter_jump_past_it(
         shard_count=1,
         new_leader=True,
     )
-    rows = pipeline.failed_shard(seq=context.seq, shard=0, targets=[TargetConfig("a")])
+    rows = pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
 
     # when
     record = pipeline.publish_cycle(services, [rows.to_json()], context)
@@ -305,7 +305,7 @@ def test_a_publish_retry_stops_once_another_node_took_the_lease(
         )
         assert taken.epoch > context.epoch
 
-    rows = pipeline.failed_shard(seq=context.seq, shard=0, targets=[TargetConfig("a")])
+    rows = pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
 
     # when
     record = pipeline.publish_cycle(
@@ -336,7 +336,7 @@ def test_a_publish_left_unanswered_is_kept_in_the_history_as_in_doubt(
         shard_count=1,
         new_leader=True,
     )
-    rows = pipeline.failed_shard(seq=context.seq, shard=0, targets=[TargetConfig("a")])
+    rows = pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
 
     def sleep(seconds: float) -> None:
         clock.now += 1.0

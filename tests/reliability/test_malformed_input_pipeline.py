@@ -158,7 +158,7 @@ def test_a_shard_answers_every_target_whatever_the_stat_server_sends(
 ) -> None:
     stub[1].answer = answer
 
-    rows = pipeline.pace_shard(services, seq=1, shard=0, targets=CONFIGS)
+    rows = pipeline.pace_shard(services, seq=1, shard=0, targets=pipeline.ShardTargets.of(CONFIGS))
 
     assert rows.ids == IDS
     assert all(isinstance(b, int) and b >= 0 for b in rows.budget)
@@ -189,7 +189,9 @@ def test_a_publish_ends_in_a_recorded_status_whatever_the_receiver_sends(
         shard_count=1,
         new_leader=outcome.new_leader,
     )
-    rows = pipeline.failed_shard(seq=context.seq, shard=0, targets=CONFIGS)
+    rows = pipeline.failed_shard(
+        seq=context.seq, shard=0, rows=pipeline.split_into_shards(CONFIGS, len(CONFIGS))[0]
+    )
 
     record: Any = pipeline.publish_cycle(services, [rows.to_json()], context)
 

@@ -233,3 +233,48 @@ def test_any_operating_point_is_finite_and_inside_its_bracket(
         assert np.isfinite(values).all()
         assert ((values >= 0) & (values <= 1)).all()
     assert 0 < point.load[0] <= 1000 * servers
+
+
+def test_a_lookup_that_solves_gives_what_a_warm_cache_gives() -> None:
+    # given: rows far apart in N and r, so each miss brings its own neighbours (a miss once
+    # paired one row's N with another row's r and answered from the nearest cached point)
+    servers = np.array([5.0, 30.0, 100.0, 7.0, 250.0])
+    ratio = np.array([0.3, 1.0, 2.0, 0.05, 8.0])
+    goal = np.array([0.03, 0.05, 0.8, 0.1, 0.02])
+    busy = np.array([False, False, True, False, False])
+    cold = OperatingPoints()
+
+    # when
+    first = cold.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+    again = cold.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+
+    # then
+    np.testing.assert_array_equal(first.load, again.load)
+    np.testing.assert_array_equal(first.abandon_probability, again.abandon_probability)
+    on_grid = np.array([False, True, False, False, False])  # r = 1 is a grid point
+    exact = solve_operating_load(
+        servers[on_grid], ratio[on_grid], goal[on_grid], busy_factor=busy[on_grid]
+    )
+    assert first.load[on_grid][0] == pytest.approx(exact[0], rel=1e-12)
+
+
+def test_points_solved_by_one_cache_serve_another_unchanged() -> None:
+    # given
+    servers = np.array([12.0, 40.0, 90.0])
+    ratio = np.array([0.5, 1.5, 3.0])
+    goal = np.array([0.03, 0.05, 0.85])
+    busy = np.array([False, False, True])
+    solver, reader = OperatingPoints(), OperatingPoints()
+    solved = solver.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+
+    # when
+    shared = solver.export_fresh()
+    absorbed = sum(reader.absorb(ceiling, keys, values) for ceiling, keys, values in shared)
+    read = reader.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+
+    # then: the reader solved nothing and answers exactly as the solver did
+    assert absorbed == len(solver) > 0
+    assert reader.export_fresh() == []
+    assert solver.export_fresh() == []  # exported once
+    np.testing.assert_array_equal(read.load, solved.load)
+    assert reader.absorb(*shared[0]) == 0  # nothing new the second time

@@ -441,3 +441,20 @@ def test_ten_thousand_targets_keep_up_with_a_two_second_refresh() -> None:
     # then: measured at ~30 ms; the bound leaves room for a busy CI machine
     assert steps == 20
     assert elapsed < PERIOD / 4
+
+
+def test_feedback_after_a_delta_lists_only_the_counters_that_moved() -> None:
+    # given: two groups, invitations only for the first
+    world, clock = make_world([spec("chat-0001", slots=20), spec("chat-0002", slots=20)])
+    everything = world.feedback()
+    drive(world, clock, {"chat-0001": 10, "chat-0002": 0}, seconds=60)
+
+    # when
+    moved = world.feedback(changed_only=True)
+    nothing_new = world.feedback(changed_only=True)
+
+    # then: a full report names every target; a changed-only one what moved since the last
+    assert set(everything) == {"chat-0001", "chat-0002"}
+    assert set(moved) == {"chat-0001"} and moved["chat-0001"]["offers_sent_total"] > 0
+    assert nothing_new == {}
+    assert set(world.feedback()) == {"chat-0001", "chat-0002"}
