@@ -97,6 +97,10 @@ class Keys:
         """The audit record of cycle ``seq`` waiting to be written to the history database."""
         return f"{self.prefix}:audit:{seq}"
 
+    def audit_outcome(self, seq: int) -> str:
+        """How cycle ``seq``'s publish ended, written after the POST over its staged record."""
+        return f"{self.prefix}:audit:{seq}:outcome"
+
     @property
     def audit_pending(self) -> str:
         """Sorted set of seqs whose audit record is not in the database yet (score: time)."""

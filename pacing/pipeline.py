@@ -6,6 +6,7 @@ functions in a loop. Each stage takes its clients and clock as arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import redis
 import requests
 
 from pacing import algorithms
@@ -362,43 +364,40 @@ def publish_cycle(
 
     rows = np.ones(len(merged.ids), dtype=np.bool_) if full else changed
 
-    def record_for(status: str, error: str | None, publish_ms: float | None) -> CycleRecord:
-        published = status in ("published", "in_doubt")
-        return _record(
-            context,
-            status=status,
-            error=error,
-            clock=clock,
-            merged=merged,
-            decisions=_decision_rows(merged, rows) if published else [],
-            channels=channels,
-            changed_count=int(np.count_nonzero(changed)),
-            payload_kind=payload["kind"] if published else "none",
-            payload_bytes=len(body),
-            merge_ms=merge_ms,
-            publish_ms=publish_ms,
-        )
-
     # Staged before the POST: if this process dies after the receiver took the cycle, the
     # audit sweeper still writes it (as "in_doubt"), so no published cycle lacks its row.
-    stage_audit(services, record_for("in_doubt", "the publishing worker stopped", None))
+    staged = _record(
+        context,
+        status="in_doubt",
+        error="the publishing worker stopped",
+        clock=clock,
+        merged=merged,
+        decisions=_decision_rows(merged, rows),
+        channels=channels,
+        changed_count=int(np.count_nonzero(changed)),
+        payload_kind=payload["kind"],
+        payload_bytes=len(body),
+        merge_ms=merge_ms,
+        publish_ms=None,
+    )
+    stage_audit(services, staged)
     publish_started = time.perf_counter()
     status, failure = _fenced_post(services, context, body=body, deadline=deadline, sleep=sleep)
     publish_ms = (time.perf_counter() - publish_started) * 1000
+    # Everything the cycle leaves in Redis goes in one round trip (with _finish's writes).
+    pipe = services.redis.pipeline(transaction=True)
     if status in ("failed", "expired", "in_doubt"):
         # The receiver may or may not hold this cycle (a POST that timed out can still land),
         # so a delta against the last acknowledged base could be refused with a 409 and cost
         # another cycle: after a failed publish, publishing resumes with a full snapshot.
-        services.redis.set(keys.force_full, 1)
+        pipe.set(keys.force_full, 1)
     if status == "published":
         if full:
-            services.redis.delete(keys.force_full)
+            pipe.delete(keys.force_full)
         snapshot = Snapshot.of(merged, seq=context.seq, epoch=context.epoch)
         full_seq = context.seq if full else previous.full_seq if previous else context.seq
-        services.redis.set(
-            keys.snapshot, orjson.dumps({**snapshot.to_json(), "full_seq": full_seq})
-        )
-        services.redis.hset(
+        pipe.set(keys.snapshot, orjson.dumps({**snapshot.to_json(), "full_seq": full_seq}))
+        pipe.hset(
             keys.last_publish,
             mapping={
                 "seq": context.seq,
@@ -410,14 +409,74 @@ def publish_cycle(
                 "targets": len(payload["targets"]),
             },
         )
-        services.leadership.count("cycles_published")
+        pipe.hincrby(keys.counters, "cycles_published", 1)
+    outcome = AuditOutcome(
+        status=status,
+        error=failure,
+        published_at=clock() if status == "published" else None,
+        publish_ms=publish_ms,
+    )
+    # the staged record keeps its decisions; only the small outcome is written over it
+    pipe.set(
+        keys.audit_outcome(context.seq), orjson.dumps(outcome.to_json()), ex=AUDIT_RETENTION_SECONDS
+    )
     return _finish(
         services,
         context,
-        record_for(status, failure, publish_ms),
+        outcome.applied_to(staged),
         merged=merged,
         merge_started_at=merge_started_at,
+        pipe=pipe,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditOutcome:
+    """How a cycle's publish ended: written over its staged audit record after the POST.
+
+    Staging the record (thousands of decision rows) once, before the POST, and only this after
+    it, halves the audit's Redis traffic of a publishing cycle.
+    """
+
+    status: str
+    error: str | None
+    published_at: float | None
+    publish_ms: float | None
+
+    def applied_to(self, record: CycleRecord) -> CycleRecord:
+        """``record`` with this outcome; a cycle that did not reach the receiver keeps no
+        decisions (the receiver does not hold them)."""
+        published = self.status in ("published", "in_doubt")
+        return dataclasses.replace(
+            record,
+            publish_status=self.status,
+            error=self.error,
+            published_at=(
+                None
+                if self.published_at is None
+                else datetime.fromtimestamp(self.published_at, UTC)
+            ),
+            publish_ms=self.publish_ms,
+            decisions=record.decisions if published else [],
+            payload_kind=record.payload_kind if published else "none",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "error": self.error,
+            "published_at": self.published_at,
+            "publish_ms": self.publish_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AuditOutcome:
+        return cls(
+            status=str(data["status"]),
+            error=data.get("error"),
+            published_at=data.get("published_at"),
+            publish_ms=data.get("publish_ms"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -590,12 +649,15 @@ def _finish(
     *,
     merged: MergedCycle | None = None,
     merge_started_at: float,
+    pipe: redis.client.Pipeline | None = None,
 ) -> CycleRecord:
-    """Stage the audit record, publish the cycle's figures, let the next cycle start."""
+    """Publish the cycle's figures and let the next cycle start; ``pipe`` holds the cycle's
+    other writes, its audit record staged already. Without it, ``record`` is staged here."""
     keys, clock = services.keys, services.clock
     latency_ms = (clock() - context.started_at) * 1000
-    stage_audit(services, record)
-    pipe = services.redis.pipeline(transaction=False)
+    if pipe is None:
+        stage_audit(services, record)
+        pipe = services.redis.pipeline(transaction=True)
     # one event per cycle for the metrics exporter (stage latencies, reasons, channel budgets)
     reasons = (
         np.bincount(merged.reason, minlength=len(Reason)).tolist() if merged else [0] * len(Reason)
@@ -681,9 +743,15 @@ def stage_audit(services: Services, record: CycleRecord) -> None:
 
 
 def load_audit(services: Services, seq: int) -> CycleRecord | None:
-    """The staged audit record of ``seq``, or None if it was already written."""
-    raw = services.redis.get(services.keys.audit(seq))
-    return CycleRecord.from_json(orjson.loads(raw)) if raw else None
+    """The staged audit record of ``seq`` with its publish outcome, or None if it was already
+    written."""
+    raw, outcome = services.redis.mget(services.keys.audit(seq), services.keys.audit_outcome(seq))
+    if not raw:
+        return None
+    record = CycleRecord.from_json(orjson.loads(raw))
+    if outcome:
+        record = AuditOutcome.from_json(orjson.loads(outcome)).applied_to(record)
+    return record
 
 
 def write_audit(services: Services, seq: int) -> bool:
@@ -698,7 +766,7 @@ def write_audit(services: Services, seq: int) -> bool:
 
 def forget_audit(services: Services, seq: int) -> None:
     pipe = services.redis.pipeline(transaction=True)
-    pipe.delete(services.keys.audit(seq))
+    pipe.delete(services.keys.audit(seq), services.keys.audit_outcome(seq))
     pipe.zrem(services.keys.audit_pending, str(seq))
     pipe.execute()
 

@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     refresh_period_seconds: float = Field(default=2.0, ge=0.2, le=60.0)
     lease_ttl_seconds: float | None = Field(default=None, gt=0)  # None: 3 × refresh period
     cycle_deadline_seconds: float | None = Field(default=None, gt=0)  # None: 2 × refresh period
-    shard_size: int = Field(default=250, ge=1, le=5000)
+    # 1,000: a shard costs a Celery task, a Stat Server request and two Redis round trips
+    # whatever its size, so at 250 those fixed costs were half of a 10,000-target cycle; 1,000
+    # still gives each of 2 worker processes 5 shards to balance (benchmarks/cycle.py).
+    shard_size: int = Field(default=1000, ge=1, le=5000)
     full_snapshot_every: int = Field(default=30, ge=1)
     stats_max_age_seconds: float | None = Field(default=None, gt=0)  # None: 3 × refresh period
     global_budget_cap: int | None = Field(default=None, ge=0)
