@@ -881,6 +881,7 @@ CYCLE_COLUMNS = [
     "node",
     "started_at",
     "latency_ms",
+    "recorded_ms",
     "fetch_ms",
     "pace_ms",
     "merge_ms",
@@ -901,8 +902,10 @@ def cycles(limit: int, fmt: str) -> None:
     """The last N cycles: seq, epoch, leader, latency and per-stage times, counts, status.
 
     latency_ms runs from the beat tick to the acknowledged publish (empty if the cycle did not
-    publish); the stages are fetch (Stat Server), pace (the algorithm), merge (shards and
-    payload) and publish (the POST).
+    publish); recorded_ms from the beat tick to the commit of the cycle's audit rows in this
+    database (its end-to-end latency; empty for cycles recorded before `recorded_at` existed);
+    the stages are fetch (Stat Server), pace (the algorithm), merge (shards and payload) and
+    publish (the POST). CSV and JSON also carry published_at and recorded_at.
 
     \b
     Example:
@@ -920,14 +923,14 @@ def cycles(limit: int, fmt: str) -> None:
     rows = []
     for summary in summaries:
         row = _plain(summary)
-        published = summary.published_at
-        row["latency_ms"] = (
-            None
-            if published is None
-            else round((published - summary.started_at).total_seconds() * 1000, 1)
-        )
+        row["latency_ms"] = _ms_since(summary.started_at, summary.published_at)
+        row["recorded_ms"] = _ms_since(summary.started_at, summary.recorded_at)
         rows.append({c: row.get(c) for c in [*CYCLE_COLUMNS, *row]})
     _emit(rows, fmt, columns=CYCLE_COLUMNS)
+
+
+def _ms_since(start: datetime, end: datetime | None) -> float | None:
+    return None if end is None else round((end - start).total_seconds() * 1000, 1)
 
 
 @main.command()

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -71,6 +72,7 @@ class Services:
         self._targets_lock = threading.Lock()
         self._targets: list[TargetConfig] = []
         self._targets_read_at = -float("inf")
+        self._targets_version: tuple[int, int, datetime | None] | None = None
         self._shards: tuple[list[TargetConfig], int, list[list[list[Any]]]] | None = None
 
     @cached_property
@@ -136,25 +138,30 @@ class Services:
         return repository.create_history_engine(self.settings.database_url)
 
     def enabled_targets(self) -> list[TargetConfig]:
-        """The enabled targets, re-read from the database at most every few seconds.
+        """The enabled targets, checked against the database at most every few seconds.
 
-        If the database is down, the copy kept in Redis by the last good read is used, so a
-        database outage never stops pacing.
+        The check reads one aggregate row (:func:`repository.targets_version`); the list is
+        read again only when it changed. If the database is down, the copy kept in Redis by
+        the last good read is used, so a database outage never stops pacing.
         """
         now = self.clock()
         with self._targets_lock:
             if now - self._targets_read_at < TARGETS_CACHE_SECONDS:
                 return self._targets
             try:
-                targets = repository.list_targets(self.history, enabled_only=True)
-                self.redis.set(self.keys.targets, _encode_targets(targets))
+                version = repository.targets_version(self.history)
+                if version != self._targets_version:
+                    targets = repository.list_targets(self.history, enabled_only=True)
+                    self.redis.set(self.keys.targets, _encode_targets(targets))
+                    self._targets, self._targets_version = targets, version
             except HistoryUnavailable:
                 logger.warning("history database unavailable; pacing the targets kept in Redis")
                 raw = self.redis.get(self.keys.targets)
-                targets = _decode_targets(raw) if raw else self._targets
-            self._targets = targets
+                if raw:
+                    self._targets = _decode_targets(raw)
+                self._targets_version = None  # read the list again once the database is back
             self._targets_read_at = now
-            return targets
+            return self._targets
 
     def enabled_shards(self, shard_size: int) -> list[list[list[Any]]]:
         """The enabled targets cut into shards; cut again only when the targets changed."""

@@ -6,7 +6,8 @@ migration can drop or alter it by name on both SQLite and PostgreSQL.
 
 Write volume shapes the schema: ``decisions`` holds change rows only (plus every target on a full
 snapshot), keyed ``(target_id, seq)`` so one target's history is one index range scan, with a
-second index on ``seq`` so retention can delete whole cycles.
+second index on ``seq`` so retention can delete whole cycles (a BRIN index on PostgreSQL, see
+:class:`DecisionModel`).
 """
 
 from __future__ import annotations
@@ -141,24 +142,53 @@ class CycleModel(Base):
     payload_bytes: Mapped[int] = mapped_column(Integer)
     publish_status: Mapped[str] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)
+    #: When the audit transaction finished writing the cycle (after its decision rows, just
+    #: before the commit); ``recorded_at - started_at`` is the cycle's end-to-end latency.
+    #: Empty for cycles recorded before revision 0002.
+    recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class DecisionModel(Base):
     """One target's decision in one cycle: only changes, plus every target on a full snapshot.
 
     ``target_id`` deliberately has no foreign key: history must outlive a deleted target.
+
+    ``seq`` has no foreign key to ``cycles`` either (since revision 0002). PostgreSQL checks a
+    foreign key with one trigger query per inserted row, which was the largest single cost of
+    writing a 10,000-row snapshot: the server-side COPY took 100 ms with it and 50 ms without
+    (PostgreSQL 15 on loopback, 2 cores, median of 20 snapshots into a fresh table). Integrity
+    is kept by the only writer instead: :func:`pacing.history.repository.record_cycle` inserts
+    the cycle row and its decisions in one transaction, and retention deletes a cycle's
+    decisions before the cycle itself.
+
+    ``ix_decisions_seq`` (retention finds a cycle's rows by ``seq``) is a BRIN index on
+    PostgreSQL: rows are appended in ``seq`` order, so a summary per block range finds them, and
+    maintaining it costs about 5 ms per 10,000-row snapshot where the B-tree cost about 17 ms
+    (server-side COPY into a fresh table: 39–41 ms against 53–54 ms, 34–36 ms without either).
+    Purging 150 cycles of an hour of 10,000 targets takes 0.4–0.7 s with it, against 2.4–2.5 s
+    before (see ``purge_history``). Its ``autosummarize`` keeps the summaries current as ranges
+    fill (an unsummarised range is read by every scan); ``purge_history`` also summarises before
+    it deletes. SQLite has no BRIN and keeps a B-tree. Per-target history reads use the primary
+    key.
+
+    Kept as they were: ``reason`` stays short text (as a smallint code the server-side COPY of
+    10,000 rows took the same 30–41 ms, and every SQL query operators run would change); the
+    primary key stays ``(target_id, seq)`` (as ``(seq, target_id)`` it would need a second
+    ``(target_id, seq)`` B-tree for the history query: two B-trees again, 62 ms).
     """
 
     __tablename__ = "decisions"
-    __table_args__ = (Index("ix_decisions_seq", "seq"),)
+    __table_args__ = (
+        Index(
+            "ix_decisions_seq",
+            "seq",
+            postgresql_using="brin",
+            postgresql_with={"autosummarize": "on"},
+        ),
+    )
 
     target_id: Mapped[str] = mapped_column(String(TARGET_ID_LENGTH), primary_key=True)
-    seq: Mapped[int] = mapped_column(
-        BigInteger,
-        ForeignKey("cycles.seq", ondelete="CASCADE"),
-        primary_key=True,
-        autoincrement=False,
-    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     proactive_budget: Mapped[int] = mapped_column(Integer)
     reactive_state: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(String(32))

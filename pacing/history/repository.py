@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from sqlalchemy import (
     event,
     func,
     select,
-    tuple_,
+    text,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -162,12 +163,16 @@ class CycleSummary:
     payload_bytes: int
     publish_status: str
     error: str | None
+    #: When the audit transaction finished writing the cycle (set by :func:`record_cycle`, just
+    #: before its commit); ``recorded_at - started_at`` is the end-to-end latency of the cycle.
+    #: ``None`` for cycles recorded before the column existed.
+    recorded_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CycleRecord(CycleSummary):
     """Everything ``pacing.record_cycle`` writes for one cycle (the cycle row and its rows);
-    travels through Redis as JSON."""
+    travels through Redis as JSON. ``recorded_at`` is ignored here: the database write sets it."""
 
     decisions: Sequence[DecisionRow] = ()
     channels: Sequence[ChannelTotal] = ()
@@ -446,11 +451,22 @@ def _dialect_insert(connection: Connection, table: Any) -> Any:
 
 
 @_translate_errors
-def record_cycle(engine: Engine, record: CycleRecord) -> bool:
+def record_cycle(
+    engine: Engine, record: CycleRecord, *, clock: Callable[[], float] = time.time
+) -> bool:
     """Write one cycle with its decision and channel rows in one transaction.
 
     Idempotent on ``seq``: if the cycle is already stored nothing is written and the result is
-    ``False`` (a redelivered ``pacing.record_cycle`` task is harmless).
+    ``False`` (a redelivered ``pacing.record_cycle`` task is harmless). ``recorded_at`` is set
+    from ``clock`` (Unix seconds) after the decision rows are written, just before the commit.
+
+    A 10,000-row full snapshot takes a median of about 35 ms from the call to the return on a
+    small table (was about 103 ms) and 67 ms with an hour of history (3.2 million rows) in it
+    (was about 112 ms): PostgreSQL 15 on loopback, 2 cores, medians of 6–7 runs of 20 calls.
+    Almost all of the gain is on the server: ``decisions.seq`` lost its per-row foreign key
+    check and its B-tree (see ``DecisionModel``). What remains is mostly the primary key's index
+    insertions (about 40 ms of the 52 ms the COPY takes with an hour of history); the Python
+    side (validation, tuples, binary COPY) is under 10 ms, the ``recorded_at`` update 0.6 ms.
     """
     _validate_cycle(record)
     cycle_values = {
@@ -470,6 +486,7 @@ def record_cycle(engine: Engine, record: CycleRecord) -> bool:
         "payload_bytes": record.payload_bytes,
         "publish_status": record.publish_status,
         "error": None if record.error is None else record.error[:MAX_ERROR_LENGTH],
+        "recorded_at": None,
     }
     with engine.begin() as connection:
         statement = (
@@ -503,6 +520,13 @@ def record_cycle(engine: Engine, record: CycleRecord) -> bool:
                     for total in record.channels
                 ],
             )
+        # Last statement before the commit: one round trip, a HOT update of the row just
+        # inserted (recorded_at is not indexed).
+        connection.execute(
+            update(_cycles)
+            .where(_cycles.c.seq == record.seq)
+            .values(recorded_at=datetime.fromtimestamp(clock(), UTC))
+        )
     logger.debug(
         "cycle recorded", extra={"seq": record.seq, "decision_rows": len(record.decisions)}
     )
@@ -518,17 +542,25 @@ def _validate_cycle(record: CycleRecord) -> None:
             f"Cycle {record.seq} has payload_kind {record.payload_kind!r}; "
             f"use one of {', '.join(PAYLOAD_KINDS)}."
         )
-    seen: set[str] = set()
-    for row in record.decisions:
-        if row.target_id in seen:
-            raise ValueError(
-                f"Cycle {record.seq} has two decisions for target {row.target_id!r}; "
-                "send one decision per target and cycle."
-            )
-        seen.add(row.target_id)
     channels = [total.channel for total in record.channels]
     if len(set(channels)) != len(channels):
         raise ValueError(f"Cycle {record.seq} lists a channel twice; send one total per channel.")
+    # One set built in C instead of a Python loop with a membership test per row (10,000 rows:
+    # 0.49 ms → 0.34 ms); the loop only runs to name the duplicate. The type check (0.3 ms)
+    # replaces the COPY's "TypeError: bad argument type for built-in operation" with a sentence.
+    target_ids = [row.target_id for row in record.decisions]
+    if len(set(target_ids)) != len(target_ids):
+        seen: set[str] = set()
+        for target_id in target_ids:
+            if target_id in seen:
+                raise ValueError(
+                    f"Cycle {record.seq} has two decisions for target {target_id!r}; "
+                    "send one decision per target and cycle."
+                )
+            seen.add(target_id)
+    if not all(isinstance(target_id, str) for target_id in target_ids):
+        bad = next(target_id for target_id in target_ids if not isinstance(target_id, str))
+        raise ValueError(f"Cycle {record.seq} has a decision for target {bad!r}; ids are strings.")
 
 
 def _decision_tuples(seq: int, rows: Iterable[DecisionRow]) -> Iterator[tuple[Any, ...]]:
@@ -546,12 +578,18 @@ def _decision_tuples(seq: int, rows: Iterable[DecisionRow]) -> Iterator[tuple[An
 
 
 def _copy_decisions(connection: Connection, seq: int, rows: Sequence[DecisionRow]) -> None:
-    """Bulk-load decision rows with PostgreSQL ``COPY`` inside the caller's transaction.
+    """Bulk-load decision rows with PostgreSQL binary ``COPY`` inside the caller's transaction.
 
-    Measured on the development machine (PostgreSQL 15 on loopback, psycopg 3.3, 10,000 decision
-    rows into the indexed table inside one transaction, median of 7 runs): binary COPY 168 ms,
-    text COPY 174 ms, SQLAlchemy executemany (psycopg pipeline mode) 524 ms. COPY is about 3x
-    faster, so it is the PostgreSQL path; binary saves the text escaping on both sides.
+    Measured (PostgreSQL 15 on loopback, 2 cores, psycopg 3.3 with its C extension, 10,000
+    rows, medians of 15 interleaved ``record_cycle`` calls): binary ``write_row`` per row 37–42 ms
+    on a small table and 58–73 ms with an hour of history, text COPY of one pre-built buffer
+    written with a single ``copy.write`` 42–48 ms and 65–77 ms (building the text costs about
+    7 ms of Python, and the server parses text more slowly), so binary stays. An earlier
+    measurement: SQLAlchemy executemany (psycopg pipeline mode) 524 ms, so COPY stays too.
+
+    A driver error is re-raised as SQLAlchemy's (``IntegrityError``, ``DataError``,
+    ``OperationalError``, ...), like every other statement's, so that :func:`_translate_errors`
+    turns a lost connection during the COPY into ``HistoryUnavailable`` too.
     """
     driver_connection = connection.connection.driver_connection
     if not isinstance(driver_connection, psycopg.Connection):
@@ -563,10 +601,15 @@ def _copy_decisions(connection: Connection, seq: int, rows: Sequence[DecisionRow
             psycopg_sql.Identifier(column) for column in _DECISION_COLUMNS
         ),
     )
-    with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
-        copy.set_types(list(_DECISION_COPY_TYPES))
-        for values in _decision_tuples(seq, rows):
-            copy.write_row(values)
+    try:
+        with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(list(_DECISION_COPY_TYPES))
+            for values in _decision_tuples(seq, rows):
+                copy.write_row(values)
+    except psycopg.Error as exc:
+        raise sa_exc.DBAPIError.instance(
+            statement.as_string(driver_connection), None, exc, psycopg.Error
+        ) from exc
 
 
 def _executemany_decisions(connection: Connection, seq: int, rows: Sequence[DecisionRow]) -> None:
@@ -607,6 +650,7 @@ def _cycle_columns() -> list[Any]:
         CycleModel.payload_bytes,
         CycleModel.publish_status,
         CycleModel.error,
+        CycleModel.recorded_at,
     ]
 
 
@@ -618,16 +662,28 @@ def _seq_bounds(
     Returns ``(first_seq, last_seq)``: the first cycle at or after ``since`` and the last one
     before ``until`` (``None`` if there is no such cycle or no bound). Working on seq keeps the
     decision queries on the ``(target_id, seq)`` primary key instead of filtering joined rows.
+
+    Each bound is one probe of ``ix_cycles_started_at`` (``ORDER BY started_at LIMIT 1``). The
+    former ``min(seq) WHERE started_at >= since`` means the same (seq and started_at rise
+    together: seq is taken at the tick that sets started_at), but PostgreSQL answers it by
+    walking ``pk_cycles`` from the oldest cycle and filtering, expecting an early match: on 30
+    days of cycles (1.3 million rows) that took 395 ms for the last hour, the probe 0.4 ms.
     """
     first_seq: int | None = None
     last_seq: int | None = None
     if since is not None:
         first_seq = connection.execute(
-            select(func.min(CycleModel.seq)).where(CycleModel.started_at >= since)
+            select(CycleModel.seq)
+            .where(CycleModel.started_at >= since)
+            .order_by(CycleModel.started_at, CycleModel.seq)
+            .limit(1)
         ).scalar_one_or_none()
     if until is not None:
         last_seq = connection.execute(
-            select(func.max(CycleModel.seq)).where(CycleModel.started_at < until)
+            select(CycleModel.seq)
+            .where(CycleModel.started_at < until)
+            .order_by(CycleModel.started_at.desc(), CycleModel.seq.desc())
+            .limit(1)
         ).scalar_one_or_none()
     return first_seq, last_seq
 
@@ -646,6 +702,14 @@ def target_history(
     reason (a full snapshot repeating an unchanged decision) is dropped. If ``since`` is given,
     the first point is the decision in force at ``since`` (its ``at`` is when it was made, which
     is before ``since``), unless the target had no decision yet.
+
+    At most four short queries: the two seq bounds, the row in force at ``since`` (one backward
+    step on the primary key) and the rows in range (a range scan of the primary key, joined to
+    the same seq range of ``cycles``). One target over one hour of a 10,000-target service (3.2
+    million decision rows, about 320 of them the target's) answers in a median of 4–6 ms on
+    PostgreSQL 15 (loopback, 2 cores; :func:`pacing.history.synthetic.time_target_history`),
+    and still in 5 ms with 30 days of cycles in the table, where the former seq bounds took
+    165–190 ms (see :func:`_seq_bounds`).
     """
     for name, value in (("since", since), ("until", until)):
         if value is not None:
@@ -670,26 +734,27 @@ def target_history(
         if until is not None and last_seq is None:
             return []  # no cycle before `until`: nothing was ever in force in the window
         if last_seq is not None:
-            base = base.where(DecisionModel.seq <= last_seq)
+            # on both tables: PostgreSQL does not carry a range across the join's equality
+            base = base.where(DecisionModel.seq <= last_seq, CycleModel.seq <= last_seq)
         if since is not None:
             in_force = base.order_by(DecisionModel.seq.desc()).limit(1)
             if first_seq is not None:
                 in_force = in_force.where(DecisionModel.seq < first_seq)
-            rows.extend(connection.execute(in_force))
+            rows.extend(connection.execute(in_force).all())
         if since is None or first_seq is not None:
             in_range = base.order_by(DecisionModel.seq)
             if first_seq is not None:
-                in_range = in_range.where(DecisionModel.seq >= first_seq)
-            rows.extend(connection.execute(in_range))
+                in_range = in_range.where(
+                    DecisionModel.seq >= first_seq, CycleModel.seq >= first_seq
+                )
+            rows.extend(connection.execute(in_range).all())
 
     points: list[HistoryPoint] = []
+    last: tuple[Any, Any, Any] | None = None
     for seq, at, budget, reactive_state, reason, ready, busy, waiting in rows:
-        if points and (
-            points[-1].proactive_budget == budget
-            and points[-1].reactive_state == reactive_state
-            and points[-1].reason == reason
-        ):
+        if last is not None and last == (budget, reactive_state, reason):
             continue
+        last = (budget, reactive_state, reason)
         points.append(
             HistoryPoint(
                 seq=seq,
@@ -745,13 +810,15 @@ def purge_history(engine: Engine, *, older_than: datetime, batch_size: int = 500
     """Delete cycles started before ``older_than`` with their rows; returns the cycles deleted.
 
     Works in short transactions so the writer of new cycles is never blocked for long: each
-    batch takes the ``batch_size`` oldest cycles, deletes their decision rows ``batch_size`` at a
-    time (a full snapshot alone holds one row per target), then their channel rows and the
-    cycles themselves.
+    batch takes the ``batch_size`` oldest cycles, deletes their decision rows about
+    ``batch_size`` at a time (whole cycles; a full snapshot alone holds one row per target),
+    then their channel rows and the cycles themselves. Decisions go first: ``decisions.seq`` has
+    no foreign key to cascade from ``cycles``.
     """
     _require_aware(older_than, "older_than")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    _summarize_seq_index(engine)
     deleted_cycles = 0
     while True:
         with engine.connect() as connection:
@@ -781,18 +848,53 @@ def purge_history(engine: Engine, *, older_than: datetime, batch_size: int = 500
     return deleted_cycles
 
 
-def _purge_decisions(engine: Engine, seqs: Sequence[int], batch_size: int) -> None:
-    key = tuple_(_decisions.c.target_id, _decisions.c.seq)
-    while True:
-        victims = (
-            select(_decisions.c.target_id, _decisions.c.seq)
-            .where(_decisions.c.seq.in_(seqs))
-            .limit(batch_size)
-        )
+_SUMMARIZE_SEQ_INDEX: Final = text("SELECT brin_summarize_new_values('ix_decisions_seq'::regclass)")
+
+
+def _summarize_seq_index(engine: Engine) -> None:
+    """On PostgreSQL, summarise the block ranges of ``ix_decisions_seq`` not summarised yet.
+
+    A BRIN scan reads every unsummarised range, so each purge statement would re-read the whole
+    tail written since the last summary (measured: 150 cycles purged in 20 s with 228 ranges
+    unsummarised, 0.56 s summarised). The index has ``autosummarize`` on, which autovacuum
+    honours when it runs; this makes the purge independent of it. Without the privilege (only
+    the owner of the table may summarise) the purge goes on, slower, with a warning.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    try:
         with engine.begin() as connection:
-            deleted = connection.execute(delete(_decisions).where(key.in_(victims))).rowcount
-        if deleted < batch_size:
-            return
+            connection.execute(_SUMMARIZE_SEQ_INDEX)
+    except sa_exc.ProgrammingError as exc:
+        logger.warning(
+            "could not summarise ix_decisions_seq; the purge reads more than it needs",
+            extra={"error": str(exc.orig).splitlines()[0] if exc.orig else str(exc)},
+        )
+
+
+def _purge_decisions(engine: Engine, seqs: Sequence[int], batch_size: int) -> None:
+    """Delete the decision rows of the cycles ``seqs`` (ascending), about ``batch_size`` rows per
+    transaction.
+
+    Each statement deletes whole cycles (``seq IN (...)`` within its first and last seq, which
+    PostgreSQL's BRIN index on seq turns into a few block ranges), as many as the previous
+    statement's rows per cycle suggest fit in ``batch_size``, at least one (a full snapshot goes
+    in one transaction). The former "the next ``batch_size`` rows of these cycles" (a
+    ``LIMIT`` subquery) re-read the rows it had already deleted on every batch; on an hour of
+    10,000-target history, 150 cycles are purged in 0.4–0.7 s this way, against 10.2 s for the
+    former way on the BRIN index and 2.4–2.8 s for the former way on the former B-tree.
+    """
+    start, group = 0, 1
+    while start < len(seqs):
+        chunk = seqs[start : start + group]
+        with engine.begin() as connection:
+            deleted = connection.execute(
+                delete(_decisions).where(
+                    _decisions.c.seq.between(chunk[0], chunk[-1]), _decisions.c.seq.in_(chunk)
+                )
+            ).rowcount
+        start += len(chunk)
+        group = max(1, min(IN_LIST_CHUNK, batch_size * len(chunk) // max(deleted, 1)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -981,6 +1083,22 @@ def upsert_targets(
         )
         connection.execute(statement, rows)
     return len(rows)
+
+
+@_translate_errors
+def targets_version(engine: Engine) -> tuple[int, int, datetime | None]:
+    """(number of targets, number enabled, latest ``updated_at``): changes whenever a target
+    is added, changed, enabled or disabled. One aggregate row, so a caller that keeps the
+    target list can re-read it only when this changes (10,000 targets take 150 ms to list,
+    100,000 over a second; this query a few milliseconds)."""
+    statement = select(
+        func.count(),
+        func.count().filter(TargetModel.enabled.is_(True)),
+        func.max(TargetModel.updated_at),
+    )
+    with engine.connect() as connection:
+        total, enabled, latest = connection.execute(statement).one()
+    return int(total), int(enabled), latest
 
 
 @_translate_errors

@@ -7,6 +7,7 @@ server (its database is only used to create and drop the throwaway one).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic import command as alembic_command
 from psycopg import sql
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from pacing.domain import Algorithm, Objective, TargetConfig
 from pacing.errors import HistoryUnavailable
@@ -42,7 +44,7 @@ from pacing.history import (
     upsert_targets,
 )
 from pacing.history import repository as history_repository
-from pacing.history.migrate import check_drift, current_revision, upgrade_to_head
+from pacing.history.migrate import alembic_config, check_drift, current_revision, upgrade_to_head
 from pacing.history.models import ChannelTotalModel, CycleModel, DecisionModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -164,7 +166,7 @@ def test_upgrade_head_on_an_empty_database_then_no_drift(empty_url: str) -> None
 
     upgrade_to_head(empty_url)
 
-    assert current_revision(empty_url) == "0001"
+    assert current_revision(empty_url) == "0002"
     check_drift(empty_url)
 
 
@@ -258,6 +260,147 @@ def test_full_snapshot_of_ten_thousand_rows_goes_through_copy(engine: Engine) ->
             ).order_by(DecisionModel.target_id)
         ).all()
     assert [DecisionRow(*row) for row in stored] == rows
+
+
+def test_copy_round_trips_special_characters_floats_and_nulls(engine: Engine) -> None:
+    # given rows out of id order whose strings need text-COPY escaping, and awkward numbers
+    rows = [
+        DecisionRow("zz-last", 1, 0.1 + 0.2, "ok", None, None, None),
+        DecisionRow("tab\there", 2, 1 / 3, "back\\slash", 0, 1, 2),
+        DecisionRow("line\nbreak\rreturn", 3, 5e-324, "ok", None, 4, None),
+        DecisionRow("\\N", 4, 1.7976931348623157e308, "\\N", 5, None, 6),
+        DecisionRow("a-first", 5, float("inf"), "ok", 7, 8, 9),
+    ]
+
+    # when
+    assert record_cycle(engine, cycle(3, decisions=rows, payload_kind="full"))
+
+    # then every value reads back exactly as written
+    with engine.connect() as connection:
+        stored = connection.execute(
+            select(
+                DecisionModel.target_id,
+                DecisionModel.proactive_budget,
+                DecisionModel.reactive_state,
+                DecisionModel.reason,
+                DecisionModel.agents_ready,
+                DecisionModel.agents_busy,
+                DecisionModel.interactions_waiting,
+            ).where(DecisionModel.seq == 3)
+        ).all()
+    assert {DecisionRow(*row) for row in stored} == set(rows)
+
+
+def test_a_row_the_database_refuses_rolls_the_cycle_back_with_an_sqlalchemy_error(
+    engine: Engine,
+) -> None:
+    # given a reason longer than the column (no Python validation catches it)
+    rows = [decision("g1", 1), decision("g2", 1, reason="x" * 40)]
+
+    # when / then: the driver's error arrives as SQLAlchemy's, like every other statement's
+    with pytest.raises(DataError, match="too long"):
+        record_cycle(engine, cycle(1, decisions=rows))
+    assert count(engine, CycleModel) == 0
+    assert count(engine, DecisionModel) == 0
+
+
+def test_record_cycle_sets_recorded_at_from_the_clock(engine: Engine) -> None:
+    recorded = at(1) + timedelta(milliseconds=2250)
+
+    assert record_cycle(engine, cycle(1, decisions=[decision("g1", 1)]), clock=recorded.timestamp)
+
+    summary = last_cycles(engine, 1)[0]
+    assert summary.recorded_at == recorded
+    assert summary.recorded_at is not None
+    assert summary.recorded_at.tzinfo is UTC
+
+
+def test_migration_0002_on_a_database_with_history_and_back(empty_url: str) -> None:
+    # given a database at 0001 holding a cycle with its decisions
+    config = alembic_config(empty_url)
+    alembic_command.upgrade(config, "0001")
+    engine = create_history_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO cycles (seq, epoch, node, started_at, target_count, "
+                    "changed_count, error_count, payload_kind, payload_bytes, publish_status) "
+                    "VALUES (1, 1, 'node-a', '2026-01-05 09:01:00+00', 2, 2, 0, 'full', 10, "
+                    "'published')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO decisions (target_id, seq, proactive_budget, reactive_state, "
+                    "reason) VALUES ('g1', 1, 4, 1.0, 'ok'), ('g2', 1, 0, 1.0, 'no_agents')"
+                )
+            )
+
+        # when
+        upgrade_to_head(empty_url)
+
+        # then
+        check_drift(empty_url)
+        assert last_cycles(engine, 1)[0].recorded_at is None
+        assert [p.proactive_budget for p in target_history(engine, "g1")] == [4]
+        with engine.connect() as connection:
+            index = connection.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_decisions_seq'")
+            ).scalar_one()
+            foreign_keys = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_constraint "
+                    "WHERE conrelid = 'decisions'::regclass AND contype = 'f'"
+                )
+            ).scalar_one()
+        assert "USING brin (seq)" in index
+        assert foreign_keys == 0
+    finally:
+        engine.dispose()
+
+    # and when downgraded, the foreign key and the B-tree come back
+    alembic_command.downgrade(config, "0001")
+    assert current_revision(empty_url) == "0001"
+
+
+def test_retention_still_deletes_every_row_of_old_cycles(engine: Engine) -> None:
+    # given (no foreign key cascades any more: purge_history deletes decisions itself)
+    for seq in range(1, 7):
+        record_cycle(engine, cycle(seq, decisions=[decision(f"g{i}", seq) for i in range(300)]))
+
+    # when
+    assert purge_history(engine, older_than=at(4), batch_size=100) == 3
+
+    # then
+    assert count(engine, DecisionModel) == 900
+    with engine.connect() as connection:
+        orphans = connection.execute(
+            text("SELECT count(*) FROM decisions WHERE seq NOT IN (SELECT seq FROM cycles)")
+        ).scalar_one()
+    assert orphans == 0
+
+
+def test_purge_goes_on_when_the_seq_index_cannot_be_summarised(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a summarising statement that fails as it would without the privilege
+    for seq in (1, 2, 3):
+        record_cycle(engine, cycle(seq, decisions=[decision("g1", seq)]))
+    monkeypatch.setattr(
+        history_repository,
+        "_SUMMARIZE_SEQ_INDEX",
+        text("SELECT brin_summarize_new_values('no_such_index'::regclass)"),
+    )
+
+    # when
+    with caplog.at_level(logging.WARNING, logger="pacing.history.repository"):
+        deleted = purge_history(engine, older_than=at(3))
+
+    # then
+    assert deleted == 2
+    assert count(engine, DecisionModel) == 1
+    assert any("could not summarise" in record.message for record in caplog.records)
 
 
 def test_cycles_read_back_with_aware_utc_times_whatever_the_session_zone(

@@ -483,8 +483,10 @@ def test_statistics_saved_with_the_state_come_back_when_no_gateway_answers(
 
     # then
     assert young["a"] == TargetStatistics("a", now, 5, 2, 3, 1, 180.0, 10, 1, 4)
-    assert isinstance(young["b"], StatisticsError) and young["b"].reason is Reason.STALE
-    assert isinstance(old["a"], StatisticsError) and "7.0 s old" in old["a"].detail
+    assert isinstance(young["b"], StatisticsError)
+    assert young["b"].reason is Reason.STALE
+    assert isinstance(old["a"], StatisticsError)
+    assert "7.0 s old" in old["a"].detail
     assert np.isnan(old.matrix).all()
 
 
@@ -507,7 +509,8 @@ def test_operating_points_solved_by_one_process_reach_another_through_redis(
     read = second.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
 
     # then: the second process solved nothing and answers exactly as the first
-    assert pulled == len(first) > 0 and again == 0
+    assert pulled == len(first) > 0
+    assert again == 0
     assert second.export_fresh() == []
     np.testing.assert_array_equal(read.load, solved.load)
     assert client.ttl(keys.operating_points) > 0

@@ -136,7 +136,8 @@ def test_a_well_formed_batch_takes_the_fast_path_and_keeps_exact_counts() -> Non
     # then
     a = batch["a"]
     assert isinstance(a, TargetStatistics)
-    assert a.answered_total == 10**12 and isinstance(a.answered_total, int)
+    assert a.answered_total == 10**12
+    assert isinstance(a.answered_total, int)
     assert a.aht_seconds == 181.25
     assert batch.column("agents_busy").tolist() == [4.0, 0.0]
     assert not batch.errors
@@ -182,8 +183,10 @@ def test_a_statistics_batch_is_a_mapping_of_per_target_views() -> None:
     batch = StatisticsBatch(["a", "b"], matrix, {"b": error})
 
     # then
-    assert list(batch) == ["a", "b"] and len(batch) == 2
-    assert "a" in batch and "c" not in batch
+    assert list(batch) == ["a", "b"]
+    assert len(batch) == 2
+    assert "a" in batch
+    assert "c" not in batch
     assert batch["b"] is error
     assert batch["a"] == TargetStatistics("a", NOW, 5, 2, 3, 1, 180.0, 10, 1, 4)
     assert batch.valid().tolist() == [True, False]
@@ -192,6 +195,7 @@ def test_a_statistics_batch_is_a_mapping_of_per_target_views() -> None:
     with pytest.raises(KeyError):
         batch["c"]
     joined = StatisticsBatch.concat([batch, StatisticsBatch.empty(["c"])])
-    assert joined.ids == ["a", "b", "c"] and joined.errors == {"b": error}
+    assert joined.ids == ["a", "b", "c"]
+    assert joined.errors == {"b": error}
     with pytest.raises(ValueError, match="shape"):
         StatisticsBatch(["a"], matrix)

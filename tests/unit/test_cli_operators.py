@@ -16,6 +16,7 @@ import click
 import pytest
 import yaml
 from click.testing import CliRunner
+from sqlalchemy import text
 
 from pacing.cli import LazyGroup, main
 from pacing.history import repository
@@ -421,14 +422,55 @@ def test_cycles_show_the_latency_from_tick_to_publish(runner: CliRunner, history
 
     # then
     assert table.exit_code == 0, table.output
-    assert table.stdout.splitlines()[0].split()[:5] == [
+    assert table.stdout.splitlines()[0].split()[:6] == [
         "seq",
         "epoch",
         "node",
         "started_at",
         "latency_ms",
+        "recorded_ms",
     ]
     assert [r["latency_ms"] for r in json.loads(as_json.stdout)] == [250.0, 250.0]
+
+
+def test_cycles_show_when_the_audit_was_recorded(runner: CliRunner, migrated: str) -> None:
+    # given a cycle recorded 1.2 s after its tick, and one from before recorded_at existed
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    engine = repository.create_history_engine(migrated)
+    try:
+        repository.record_cycle(
+            engine,
+            record(1, start, 3, 1.0, "ok"),
+            clock=(start + timedelta(milliseconds=1200)).timestamp,
+        )
+        repository.record_cycle(engine, record(2, start + timedelta(minutes=1), 4, 1.0, "ok"))
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE cycles SET recorded_at = NULL WHERE seq = 2"))
+    finally:
+        engine.dispose()
+
+    # when
+    table = runner.invoke(main, ["cycles", "--last", "2"])
+    as_json = runner.invoke(main, ["cycles", "--last", "2", "--format", "json"])
+    as_csv = runner.invoke(main, ["cycles", "--last", "2", "--format", "csv"])
+
+    # then the table shows tick → audit commit, empty where unknown
+    assert table.exit_code == 0, table.output
+    header, newest, oldest = (line.split() for line in table.stdout.splitlines())
+    column = header.index("recorded_ms")
+    assert (newest[0], newest[column]) == ("2", "-")
+    assert (oldest[0], oldest[column]) == ("1", "1200.0")
+    # ... JSON and CSV carry the time itself as well
+    rows = json.loads(as_json.stdout)
+    assert [(r["recorded_ms"], r["recorded_at"]) for r in rows] == [
+        (None, None),
+        (1200.0, (start + timedelta(milliseconds=1200)).isoformat()),
+    ]
+    csv_rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [(r["recorded_ms"], r["recorded_at"]) for r in csv_rows] == [
+        ("", ""),
+        ("1200.0", (start + timedelta(milliseconds=1200)).isoformat()),
+    ]
 
 
 # --- exporter, exit codes, lazy commands -------------------------------------------------------

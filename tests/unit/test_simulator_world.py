@@ -455,6 +455,7 @@ def test_feedback_after_a_delta_lists_only_the_counters_that_moved() -> None:
 
     # then: a full report names every target; a changed-only one what moved since the last
     assert set(everything) == {"chat-0001", "chat-0002"}
-    assert set(moved) == {"chat-0001"} and moved["chat-0001"]["offers_sent_total"] > 0
+    assert set(moved) == {"chat-0001"}
+    assert moved["chat-0001"]["offers_sent_total"] > 0
     assert nothing_new == {}
     assert set(world.feedback()) == {"chat-0001", "chat-0002"}
