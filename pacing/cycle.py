@@ -1,8 +1,9 @@
 """Pure pieces of one cycle: shard rows, merge, change detection, channel sums, payload.
 
-A shard's result travels through the Redis result backend twice (its own key and the chord's
-join set) and then inside the body's message, so it is columnar: one JSON list per field, not a
-dict per target. That keeps 10,000 targets to a few hundred kilobytes instead of megabytes.
+A shard's rows are columnar: one JSON list per field, not a dict per target, which keeps
+10,000 targets to a few hundred kilobytes instead of megabytes. They wait in Redis between the
+shard's task and the chord body (``pipeline.park_shard``); the chord itself carries only small
+references.
 """
 
 from __future__ import annotations

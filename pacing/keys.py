@@ -93,6 +93,10 @@ class Keys:
         """Erlang-A operating points solved by any worker (versioned with their grid)."""
         return f"{self.prefix}:operating_points:v1"
 
+    def shard_rows(self, seq: int, shard: int) -> str:
+        """One shard's decisions in cycle ``seq``, from its task until the chord body merges."""
+        return f"{self.prefix}:cycle:{seq}:shard:{shard}"
+
     def audit(self, seq: int) -> str:
         """The audit record of cycle ``seq`` waiting to be written to the history database."""
         return f"{self.prefix}:audit:{seq}"

@@ -74,9 +74,13 @@ class LocalStack:
         return process
 
     def stop(self) -> None:
-        """SIGTERM each process group (warm shutdown), then SIGKILL what is left after a grace."""
+        """SIGTERM each process (a worker's warm shutdown lets its pool finish the running
+        tasks), then SIGKILL each whole process group after a grace period."""
         for process in reversed(self.processes):
-            _signal_group(process.popen, signal.SIGTERM)
+            # the main process only: a SIGTERM to the group would kill a worker's pool
+            # processes mid-task (WorkerLostError) instead of letting the worker drain them
+            with contextlib.suppress(ProcessLookupError):
+                process.popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in reversed(self.processes):
             remaining = max(0.1, deadline - time.monotonic())

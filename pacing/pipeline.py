@@ -243,6 +243,45 @@ def pace_shard(services: Services, *, seq: int, shard: int, targets: ShardTarget
     )
 
 
+#: Parked shard rows outlive any cycle that could still merge them (cycle_deadline ≤ 120 s).
+PARKED_ROWS_SECONDS = 600
+
+
+def park_shard(services: Services, rows: ShardRows) -> dict[str, Any]:
+    """Keep a shard's rows in Redis and return the small reference the chord carries.
+
+    Celery moves a header result through the result backend, the chord's join set and the
+    body's message, JSON-encoding it with the standard library at each step; 10,000 targets'
+    rows made that about 600 KB coded six times, 40-50 ms between the last shard and the
+    merge. Parked, they are written once and read once, with orjson, in one MGET.
+    """
+    services.redis.set(
+        services.keys.shard_rows(rows.seq, rows.shard),
+        orjson.dumps(rows.to_json()),
+        ex=PARKED_ROWS_SECONDS,
+    )
+    return {"parked": True, "seq": rows.seq, "shard": rows.shard}
+
+
+def collect_shards(
+    services: Services, results: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The rows behind the chord's results: parked ones read back (one round trip), others as
+    they are. A parked shard whose rows are gone is left out, so the merge reports it
+    missing."""
+    parked = [r for r in results if r.get("parked")]
+    rows: list[Mapping[str, Any]] = [r for r in results if not r.get("parked")]
+    if parked:
+        keys = [services.keys.shard_rows(int(r["seq"]), int(r["shard"])) for r in parked]
+        rows.extend(orjson.loads(raw) for raw in services.redis.mget(keys) if raw)
+    return rows
+
+
+def forget_shards(services: Services, seq: int, shard_count: int) -> None:
+    if shard_count:
+        services.redis.delete(*(services.keys.shard_rows(seq, i) for i in range(shard_count)))
+
+
 def failed_shard(*, seq: int, shard: int, rows: Sequence[Sequence[Any]]) -> ShardRows:
     """Error rows for a whole shard whose processing failed unexpectedly: budget 0 each."""
     n = len(rows)

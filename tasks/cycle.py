@@ -102,13 +102,15 @@ def refresh(node: str) -> str:
     reject_on_worker_lost=True,
     soft_time_limit=settings.cycle_deadline * 2,  # the cycle is abandoned long before this
     time_limit=settings.cycle_deadline * 2 + 5,
-    # the result is the shard's rows: Flower and the worker's "succeeded" log line show only
-    # its start (shard, seq), not a kilobyte of target ids and budgets
+    # the result is a reference to the rows parked in Redis (pipeline.park_shard)
     resultrepr_maxsize=64,
 )
 def pace_shard(seq: int, shard: int, targets: list[list[Any]], epoch: int = 0) -> dict[str, Any]:
-    """Chord header: statistics → state → pacing → compact rows. Never raises."""
-    return pipeline.run_shard(services(), seq=seq, shard=shard, rows=targets, epoch=epoch).to_json()
+    """Chord header: statistics → state → pacing → rows parked in Redis. Never raises for a
+    target; the result is a small reference to the parked rows."""
+    svc = services()
+    rows = pipeline.run_shard(svc, seq=seq, shard=shard, rows=targets, epoch=epoch)
+    return pipeline.park_shard(svc, rows)
 
 
 @app.task(name="pacing.publish_cycle", ignore_result=True)
@@ -117,7 +119,8 @@ def publish_cycle(results: list[dict[str, Any]], context: dict[str, Any]) -> Non
     cycle = CycleContext.from_json(context)
     svc = services()
     try:
-        record = pipeline.publish_cycle(svc, results, cycle)
+        record = pipeline.publish_cycle(svc, pipeline.collect_shards(svc, results), cycle)
+        pipeline.forget_shards(svc, cycle.seq, cycle.shard_count)
     except Exception:
         # let the next tick start at once instead of waiting for the deadline
         with contextlib.suppress(redis.exceptions.RedisError):

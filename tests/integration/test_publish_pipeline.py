@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from pacing import pipeline
-from pacing.cycle import ShardRows
+from pacing.cycle import IncompleteCycle, ShardRows, merge_shards
 from pacing.domain import Reason
 from pacing.engagement import PUBLISH_PATH
 from pacing.leadership import Role
@@ -534,3 +534,27 @@ def test_the_full_snapshot_owed_after_a_base_mismatch_survives_a_failed_publish(
 
     # then it still sends the full snapshot the receiver needs
     assert sent(stub)[-1]["kind"] == "full"
+
+
+def test_parked_shard_rows_come_back_for_the_merge_and_a_lost_one_is_missing(
+    services: Services,
+) -> None:
+    # given: two shards parked, as the chord header tasks leave them
+    context = start_cycle(services)
+    shards = [ShardRows.from_json(raw) for raw in shard_results(context, BUDGETS)]
+    references = [pipeline.park_shard(services, rows) for rows in shards]
+
+    # when
+    collected = pipeline.collect_shards(services, [*references, references[0]])  # redelivered
+    services.redis.delete(services.keys.shard_rows(context.seq, 1))
+    without_second = pipeline.collect_shards(services, references)
+
+    # then: the references are small; the rows are the shards' own
+    assert all(len(orjson.dumps(ref)) < 64 for ref in references)
+    assert sorted(ShardRows.from_json(raw).shard for raw in collected) == [0, 0, 1]
+    merged = merge_shards(collected, seq=context.seq, shard_count=2)
+    assert merged.ids == ["a", "b", "c"]
+    with pytest.raises(IncompleteCycle, match=r"missing \[1\]"):
+        merge_shards(without_second, seq=context.seq, shard_count=2)
+    pipeline.forget_shards(services, context.seq, 2)
+    assert services.redis.exists(services.keys.shard_rows(context.seq, 0)) == 0
