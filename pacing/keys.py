@@ -90,8 +90,9 @@ class Keys:
 
     @property
     def operating_points(self) -> str:
-        """Erlang-A operating points solved by any worker (versioned with their grid)."""
-        return f"{self.prefix}:operating_points:v1"
+        """List of packed batches of Erlang-A operating points solved by any worker
+        (versioned with their grid)."""
+        return f"{self.prefix}:operating_points:v2"
 
     def shard_rows(self, seq: int, shard: int) -> str:
         """One shard's decisions in cycle ``seq``, from its task until the chord body merges."""

@@ -152,9 +152,11 @@ def _unpack(values: Sequence[bytes | str | None], width: int) -> NDArray[np.floa
 
 
 #: The shared operating points expire a day after the last new one: a grid point is valid
-#: forever, this only clears the hash of a cluster that stopped.
+#: forever, this only clears the list of a cluster that stopped.
 OPERATING_POINTS_TTL_SECONDS = 24 * 3600
-_POINT_FIELD = np.dtype([("ceiling", "<f8"), ("key", "<i8")])
+#: Past this many batches the list starts again (every process keeps its own cache).
+OPERATING_POINTS_MAX_BATCHES = 20_000
+_POINT = np.dtype([("ceiling", "<f8"), ("key", "<i8"), ("load", "<f8"), ("abandon", "<f8")])
 
 
 class SharedOperatingPoints:
@@ -163,41 +165,44 @@ class SharedOperatingPoints:
     Solving a missing grid point costs a vectorised bisection (milliseconds), and each worker
     process starts with an empty cache: without sharing, every process of every node solves
     the same points again, and a new leader's workers pace their first cycles slowly. Each
-    process pushes the points it solved and pulls the others' when the hash has grown (one
-    HLEN per shard). A grid point has one value whoever solves it (same code, same grid),
-    and values that are not a plausible operating point are ignored.
+    process appends the points it solved as one packed batch to a Redis list and reads the
+    batches it has not seen yet (one LRANGE per shard, nothing to decode when nothing is new).
+    A grid point has one value whoever solves it (same code, same grid); values that are not
+    a plausible operating point are ignored.
     """
 
     def __init__(self, client: redis.Redis, keys: Keys, cache: OperatingPoints) -> None:
         self._client = client
         self._key = keys.operating_points
         self._cache = cache
-        self._seen = 0  # the hash's length at the last pull
+        self._seen = 0  # batches of the list already absorbed (or pushed by this process)
 
     def pull(self) -> int:
-        """Absorb points solved elsewhere if there are new ones; returns how many were new."""
-        count = self._client.hlen(self._key)
-        if count <= self._seen:
+        """Absorb the points solved elsewhere since the last pull; returns how many were new."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.lrange(self._key, self._seen, -1)
+        pipe.llen(self._key)
+        batches, length = cast(tuple[list[bytes], int], tuple(pipe.execute()))
+        if length < self._seen:  # the list expired or started again: read it from the start
+            self._seen = 0
+            return self.pull() if length else 0
+        self._seen += len(batches)
+        blob = b"".join(b for b in batches if len(b) % _POINT.itemsize == 0)
+        if not blob:
             return 0
-        raw = cast(dict[bytes, bytes], self._client.hgetall(self._key))
-        self._seen = count
-        fields = [f for f, v in raw.items() if len(f) == _POINT_FIELD.itemsize and len(v) == 16]
-        if not fields:
-            return 0
-        where = np.frombuffer(b"".join(fields), dtype=_POINT_FIELD)
-        values = np.frombuffer(b"".join(raw[f] for f in fields), dtype="<f8").reshape(-1, 2)
+        points = np.frombuffer(blob, dtype=_POINT)
         plausible = (
-            np.isfinite(values).all(axis=1)
-            & (values[:, 0] > 0)
-            & (values[:, 1] >= 0)
-            & (values[:, 1] <= 1)
+            np.isfinite(points["load"])
+            & np.isfinite(points["abandon"])
+            & (points["load"] > 0)
+            & (points["abandon"] >= 0)
+            & (points["abandon"] <= 1)
         )
         absorbed = 0
-        for ceiling in np.unique(where["ceiling"][plausible]).tolist():
-            rows = plausible & (where["ceiling"] == ceiling)
-            absorbed += self._cache.absorb(
-                ceiling, where["key"][rows].astype(np.int64), values[rows].astype(np.float64)
-            )
+        for ceiling in np.unique(points["ceiling"][plausible]).tolist():
+            rows = points[plausible & (points["ceiling"] == ceiling)]
+            values = np.column_stack([rows["load"], rows["abandon"]]).astype(np.float64)
+            absorbed += self._cache.absorb(ceiling, rows["key"].astype(np.int64), values)
         return absorbed
 
     def push(self) -> None:
@@ -205,16 +210,20 @@ class SharedOperatingPoints:
         fresh = self._cache.export_fresh()
         if not fresh:
             return
-        mapping: dict[EncodableT, EncodableT] = {}
+        points = np.empty(sum(keys.size for _, keys, _ in fresh), dtype=_POINT)
+        start = 0
         for ceiling, keys, values in fresh:
-            where = np.empty(keys.size, dtype=_POINT_FIELD)
-            where["ceiling"], where["key"] = ceiling, keys
-            packed = np.ascontiguousarray(values, dtype="<f8").tobytes()
-            for i, field in enumerate(
-                where.tobytes()[k : k + 16] for k in range(0, where.nbytes, 16)
-            ):
-                mapping[field] = packed[i * 16 : (i + 1) * 16]
+            end = start + keys.size
+            points["ceiling"][start:end] = ceiling
+            points["key"][start:end] = keys
+            points["load"][start:end] = values[:, 0]
+            points["abandon"][start:end] = values[:, 1]
+            start = end
         pipe = self._client.pipeline(transaction=False)
-        pipe.hset(self._key, mapping=mapping)
+        pipe.rpush(self._key, points.tobytes())
         pipe.expire(self._key, OPERATING_POINTS_TTL_SECONDS)
-        pipe.execute()
+        length = cast(int, pipe.execute()[0])
+        if length == self._seen + 1:
+            self._seen = length  # nobody else pushed meanwhile: no need to read our own batch
+        if length > OPERATING_POINTS_MAX_BATCHES:
+            self._client.delete(self._key)

@@ -501,7 +501,7 @@ def test_operating_points_solved_by_one_process_reach_another_through_redis(
     busy = np.zeros(2, dtype=bool)
     solved = first.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
     shared_first.push()
-    client.hset(keys.operating_points, b"garbage", b"x")  # a foreign field is ignored
+    client.rpush(keys.operating_points, b"garbage")  # a foreign entry is ignored
 
     # when
     pulled = shared_second.pull()
