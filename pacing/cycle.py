@@ -152,56 +152,90 @@ def merge_shards(
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Snapshot:
-    """The decisions a receiver acknowledged at ``seq``: the base of the next delta."""
+    """The decisions a receiver acknowledged at ``seq``: the base of the next delta.
+
+    Columnar, like the merged cycle it comes from: in the usual cycle the target list has not
+    changed, and the comparison with the next cycle is three array comparisons instead of
+    10,000 dict lookups (and no dict of 10,000 tuples to build and decode each cycle).
+    """
 
     seq: int
     epoch: int
-    decisions: dict[str, tuple[int, float, int]]  # id → (budget, reactive_state, reason)
+    ids: list[str]
+    budget: NDArray[np.int64]
+    reactive: NDArray[np.float64]
+    reason: NDArray[np.int8]
+
+    @property
+    def decisions(self) -> dict[str, tuple[int, float, int]]:
+        """id → (budget, reactive_state, reason)."""
+        return dict(
+            zip(
+                self.ids,
+                zip(
+                    self.budget.tolist(),
+                    self.reactive.tolist(),
+                    self.reason.tolist(),
+                    strict=True,
+                ),
+                strict=True,
+            )
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Snapshot)
+            and (self.seq, self.epoch, self.ids) == (other.seq, other.epoch, other.ids)
+            and np.array_equal(self.budget, other.budget)
+            and np.array_equal(self.reactive, other.reactive)
+            and np.array_equal(self.reason, other.reason)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside
 
     def to_json(self) -> dict[str, Any]:
-        ids = list(self.decisions)
-        values = list(self.decisions.values())
         return {
             "seq": self.seq,
             "epoch": self.epoch,
-            "ids": ids,
-            "budget": [v[0] for v in values],
-            "reactive": [v[1] for v in values],
-            "reason": [v[2] for v in values],
+            "ids": self.ids,
+            "budget": self.budget.tolist(),
+            "reactive": self.reactive.tolist(),
+            "reason": self.reason.tolist(),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Snapshot:
-        return cls(
+        ids = [str(tid) for tid in data["ids"]]
+        snapshot = cls(
             seq=int(data["seq"]),
             epoch=int(data["epoch"]),
-            decisions={
-                tid: (int(b), float(r), int(c))
-                for tid, b, r, c in zip(
-                    data["ids"], data["budget"], data["reactive"], data["reason"], strict=True
-                )
-            },
+            ids=ids,
+            budget=np.asarray(data["budget"], dtype=np.int64),
+            reactive=np.asarray(data["reactive"], dtype=np.float64),
+            reason=np.asarray(data["reason"], dtype=np.int8),
         )
+        if not len(ids) == snapshot.budget.size == snapshot.reactive.size == snapshot.reason.size:
+            raise ValueError("a snapshot's columns have different lengths")
+        return snapshot
 
     @classmethod
     def of(cls, merged: MergedCycle, *, seq: int, epoch: int) -> Snapshot:
+        return cls(seq, epoch, merged.ids, merged.budget, merged.reactive, merged.reason)
+
+    @classmethod
+    def from_decisions(
+        cls, *, seq: int, epoch: int, decisions: Mapping[str, tuple[int, float, int]]
+    ) -> Snapshot:
+        values = list(decisions.values())
         return cls(
             seq=seq,
             epoch=epoch,
-            decisions=dict(
-                zip(
-                    merged.ids,
-                    zip(
-                        merged.budget.tolist(),
-                        merged.reactive.tolist(),
-                        merged.reason.tolist(),
-                        strict=True,
-                    ),
-                    strict=True,
-                )
-            ),
+            ids=list(decisions),
+            budget=np.array([v[0] for v in values], dtype=np.int64),
+            reactive=np.array([v[1] for v in values], dtype=np.float64),
+            reason=np.array([v[2] for v in values], dtype=np.int8),
         )
 
 
@@ -209,6 +243,13 @@ def changed_since(merged: MergedCycle, base: Snapshot | None) -> NDArray[np.bool
     """Mask of targets whose (budget, reactive state, reason) differs from ``base``."""
     if base is None:
         return np.ones(len(merged.ids), dtype=np.bool_)
+    if base.ids == merged.ids:  # the usual cycle: the same targets in the same order
+        changed: NDArray[np.bool_] = (
+            (merged.budget != base.budget)
+            | (merged.reactive != base.reactive)
+            | (merged.reason != base.reason)
+        )
+        return changed
     previous = base.decisions
     current = zip(
         merged.budget.tolist(), merged.reactive.tolist(), merged.reason.tolist(), strict=True
@@ -222,7 +263,9 @@ def changed_since(merged: MergedCycle, base: Snapshot | None) -> NDArray[np.bool
 
 def can_send_delta(merged: MergedCycle, base: Snapshot | None) -> bool:
     """A delta can only add or change targets; a removed target needs a full snapshot."""
-    return base is not None and base.decisions.keys() <= set(merged.ids)
+    if base is None:
+        return False
+    return base.ids == merged.ids or set(base.ids) <= set(merged.ids)
 
 
 def channel_sums(merged: MergedCycle) -> dict[str, dict[str, int]]:

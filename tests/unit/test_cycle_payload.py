@@ -166,7 +166,7 @@ def test_without_a_base_every_target_changed() -> None:
 
 def test_changed_since_compares_budget_reactive_state_and_reason() -> None:
     # given a base where a's budget, b's reason and d's reactive state differ; c is new
-    base = Snapshot(
+    base = Snapshot.from_decisions(
         seq=SEQ - 1,
         epoch=1,
         decisions={
@@ -198,8 +198,8 @@ def test_unchanged_decisions_are_not_changed() -> None:
 def test_only_the_target_that_moved_is_changed() -> None:
     # given
     merged = merged_cycle()
-    base = Snapshot.of(merged, seq=SEQ - 1, epoch=1)
-    base.decisions["c"] = (4, 1.0, OK)
+    current = Snapshot.of(merged, seq=SEQ - 1, epoch=1).decisions
+    base = Snapshot.from_decisions(seq=SEQ - 1, epoch=1, decisions={**current, "c": (4, 1.0, OK)})
 
     # when
     changed = changed_since(merged, base)
@@ -216,7 +216,9 @@ def test_a_delta_needs_a_base() -> None:
 def test_a_delta_can_add_targets() -> None:
     # given a base that lacks "d"
     merged = merged_cycle()
-    base = Snapshot(seq=1, epoch=1, decisions={"a": (2, 1.0, OK), "b": (0, 0.5, STALE)})
+    base = Snapshot.from_decisions(
+        seq=1, epoch=1, decisions={"a": (2, 1.0, OK), "b": (0, 0.5, STALE)}
+    )
 
     # when / then
     assert can_send_delta(merged, base) is True
@@ -225,8 +227,10 @@ def test_a_delta_can_add_targets() -> None:
 def test_a_removed_target_forces_a_full_snapshot() -> None:
     # given a base holding a target this cycle no longer paces
     merged = merged_cycle()
-    base = Snapshot.of(merged, seq=SEQ - 1, epoch=1)
-    base.decisions["gone"] = (3, 1.0, OK)
+    current = Snapshot.of(merged, seq=SEQ - 1, epoch=1).decisions
+    base = Snapshot.from_decisions(
+        seq=SEQ - 1, epoch=1, decisions={**current, "gone": (3, 1.0, OK)}
+    )
 
     # when / then
     assert can_send_delta(merged, base) is False
