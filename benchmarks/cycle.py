@@ -1138,7 +1138,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cycles-large", type=int, default=6, help="measured cycles at 100,000 targets and more"
     )
-    parser.add_argument("--warmup", type=int, default=10, help="warm-up cycles of each kind (estimators and the operating-point cache settle)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="warm-up cycles of each kind (estimators and the operating-point cache settle)",
+    )
     parser.add_argument("--shard-size", type=int, help="override PACING_SHARD_SIZE")
     parser.add_argument("--json", type=Path, help="write the report here (default: var/bench/)")
     parser.add_argument("--skip-scaling", action="store_true")
