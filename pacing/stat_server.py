@@ -31,7 +31,13 @@ from numpy.typing import NDArray
 from pacing._http import is_json, read_capped, url_for_messages
 from pacing.domain import Reason, StatisticsError, TargetStatistics, is_valid_target_id
 from pacing.errors import InvalidResponse, StatServerUnavailable
-from pacing.statistics import COLUMN, STATISTICS_FIELDS, StatisticsBatch, statistics_row
+from pacing.statistics import (
+    COLUMN,
+    INTEGER_FIELDS,
+    STATISTICS_FIELDS,
+    StatisticsBatch,
+    statistics_row,
+)
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -55,16 +61,6 @@ ABSURD_NUMBER: Final = 1e12
 FUTURE_TOLERANCE_SECONDS: Final = 5.0
 
 ServerRole = Literal["primary", "backup"]
-
-_INTEGER_FIELDS: Final = (
-    "agents_logged_in",
-    "agents_ready",
-    "agents_busy",
-    "interactions_waiting",
-    "answered_total",
-    "abandoned_total",
-    "reactive_arrivals_total",
-)
 
 
 class _RowProblem(Exception):
@@ -144,7 +140,7 @@ def parse_statistics_response(
 _ABSENT: Final = object()
 _ROW_GETTER: Final = operator.itemgetter(*STATISTICS_FIELDS)
 _FLOAT_COLUMNS: Final = tuple(COLUMN[name] for name in ("timestamp", "aht_seconds"))
-_INT_COLUMNS: Final = tuple(COLUMN[name] for name in _INTEGER_FIELDS)
+_INT_COLUMNS: Final = tuple(COLUMN[name] for name in INTEGER_FIELDS)
 
 
 def _fast_rows(
@@ -198,7 +194,7 @@ def _parse_row(
     if not isinstance(row, Mapping):
         raise _RowProblem(Reason.ERROR, "the statistics row is not an object")
     timestamp = _number(row, "timestamp")
-    counts = {name: _integer(row, name) for name in _INTEGER_FIELDS}
+    counts = {name: _integer(row, name) for name in INTEGER_FIELDS}
     # aht_seconds may be 0 even with answered_total > 0: "handled" means finished (talk and
     # wrap-up), and the first answered interactions are still in progress. 0 means "no data yet".
     aht_seconds = _number(row, "aht_seconds")

@@ -32,8 +32,9 @@ STATISTICS_FIELDS: Final = (
     "reactive_arrivals_total",
 )
 COLUMN: Final = {name: index for index, name in enumerate(STATISTICS_FIELDS)}
-#: Fields that are counts (integers) in TargetStatistics; the others are floats.
+#: Fields that are floats in TargetStatistics; the others are counts (integers).
 _FLOAT_FIELDS: Final = frozenset({"timestamp", "aht_seconds"})
+INTEGER_FIELDS: Final = tuple(name for name in STATISTICS_FIELDS if name not in _FLOAT_FIELDS)
 
 
 class StatisticsBatch(Mapping[str, TargetStatistics | StatisticsError]):
