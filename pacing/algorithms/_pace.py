@@ -314,7 +314,11 @@ def _pace_rows(
             parameters.small_group_trim_learning_rate,
         ),
     )
-    state[:, Col.TRIM] = np.where(paced, trim, state[:, Col.TRIM])
+    # A stored β outside [trim_min, trim_max] (state written under other parameters, or
+    # damaged) is brought back into range for every row, paced or not: e^β must stay finite.
+    state[:, Col.TRIM] = np.clip(
+        np.where(paced, trim, state[:, Col.TRIM]), parameters.trim_min, parameters.trim_max
+    )
     # A PREDICTIVE_B_DUAL target never pushes past the Erlang-A operating point: its reactive
     # visitors arrive at random, not paced, and would take the extra abandonments (with the
     # trim free, the evaluation saw 5.5 % reactive abandonment at 30 slots for a 3 % goal).

@@ -119,6 +119,35 @@ def test_any_input_gives_finite_budgets_within_the_caps_and_never_raises(
     assert (first.proactive_budget[not_ok] == 0).all()
 
 
+def test_a_stored_trim_out_of_range_is_clamped_and_never_overflows() -> None:
+    # given: a state whose β is far beyond trim_max (found by the property above: e^710
+    # overflowed for a target that was not paced this cycle and so kept its stored β)
+    zeros = np.zeros(2)
+    inputs = PacingInputs(
+        **{name: zeros for name in FLOAT_INPUTS}, input_reason=np.zeros(2, dtype=np.int8)
+    )
+    targets = PacingTargets(
+        algorithm=np.zeros(2, dtype=np.int8),
+        objective=np.zeros(2, dtype=np.int8),
+        goal=zeros,
+        proactive_ratio=zeros,
+        max_budget=np.zeros(2, dtype=np.int64),
+    )
+    state = np.zeros((2, STATE_WIDTH))
+    trim = STATE_FIELDS.index("trim")
+    state[0, trim] = 710.0
+    state[1, trim] = -710.0
+    parameters = PacingParameters()
+
+    # when
+    with np.errstate(all="raise"):
+        result = pace(inputs, targets, state, parameters=parameters, now=NOW)
+
+    # then
+    check_result(result, targets, 2)
+    assert result.state[:, trim].tolist() == [parameters.trim_max, parameters.trim_min]
+
+
 # --- monotonicity, state held fixed ------------------------------------------------------------
 
 
