@@ -3,7 +3,10 @@ real Redis database leased for this module (never db 0 or 1)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +22,7 @@ from pacing.leadership import FenceVerdict, Leadership, Role, TickOutcome
 from pacing.state import FEEDBACK_WIDTH, SharedOperatingPoints, StateStore
 from pacing.statistics import STATISTICS_FIELDS, StatisticsBatch
 from pacing.status import cluster_status
-from tests.support import leased_redis_db, redis_url
+from tests.support import REDIS_HOST, REDIS_PORT, leased_redis_db, redis_url
 
 pytestmark = pytest.mark.integration
 
@@ -435,6 +438,115 @@ def test_a_state_of_another_width_loads_as_a_cold_start(
     assert np.isnan(loaded[0]).all()
     assert np.isnan(loaded[1]).all()
     assert loaded[2].tolist() == [2.0] * WIDTH
+
+
+def test_packed_state_commands_read_back_what_redis_py_writes(
+    store: StateStore, client: redis.Redis, keys: Keys
+) -> None:
+    # given: ids of every length class, non-ASCII and with protocol characters in them
+    ids = ["t", "gruppe-ü-1", "a b\r\n$*", "x" * 300]
+    rows = np.arange(len(ids) * WIDTH, dtype=np.float64).reshape(len(ids), WIDTH)
+
+    # when: the state store packs the HSET itself
+    store.save(ids, rows)
+
+    # then: redis-py reads exactly those fields and bytes
+    stored = client.hgetall(keys.state)
+    assert {key.decode() for key in stored} == set(ids)
+    for tid, row in zip(ids, rows, strict=True):
+        assert stored[tid.encode()] == row.astype("<f8").tobytes()
+    np.testing.assert_array_equal(store.load(ids, width=WIDTH)[0], rows)
+
+
+def test_an_error_reply_in_a_packed_batch_is_raised_and_the_connection_stays_in_step(
+    store: StateStore, client: redis.Redis, keys: Keys
+) -> None:
+    # given: the state key holds a string, so HSET and HMGET on it answer WRONGTYPE
+    client.set(keys.state, "not a hash")
+
+    # when / then
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.load(["t1"], width=WIDTH)
+    # the feedback HMGET's reply was read too: the pooled connection answers the next command
+    assert client.get(keys.state) == b"not a hash"
+    client.delete(keys.state)
+    store.save(["t1"], np.ones((1, WIDTH)))
+    assert store.load(["t1"], width=WIDTH)[0].tolist() == [[1.0] * WIDTH]
+
+
+def test_a_closed_pooled_connection_is_replaced_before_a_packed_batch(
+    store: StateStore, client: redis.Redis
+) -> None:
+    # given: the pooled connection is closed by the server behind the client's back
+    store.save(["t1"], np.ones((1, WIDTH)))
+    pooled = client.client_id()  # the one idle connection of the pool, which load will take
+    with redis.Redis.from_url(redis_url(0)) as killer:
+        assert killer.client_kill_filter(_id=pooled) == 1
+
+    # when
+    loaded, _ = store.load(["t1"], width=WIDTH)
+
+    # then
+    assert loaded.tolist() == [[1.0] * WIDTH]
+
+
+class _DropsFirstHset:
+    """A TCP proxy to Redis that closes the connection carrying the first HSET it sees, before
+    passing it on (a connection lost mid-request), and relays everything else."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._upstream = (host, port)
+        self.dropped = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                accepted, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._upstream)
+            for source, sink, inspect in ((accepted, upstream, True), (upstream, accepted, False)):
+                threading.Thread(
+                    target=self._relay, args=(source, sink, inspect), daemon=True
+                ).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket, inspect: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if inspect and not self.dropped and b"HSET" in data:
+                    self.dropped += 1
+                    source.close()
+                    sink.close()
+                    return
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_packed_batch_lost_mid_request_is_sent_again_on_a_fresh_connection(
+    redis_db: int, keys: Keys
+) -> None:
+    # given: a store whose first request dies with its connection
+    proxy = _DropsFirstHset(REDIS_HOST, REDIS_PORT)
+    proxied = redis.Redis(host="127.0.0.1", port=proxy.port, db=redis_db, socket_timeout=5)
+    try:
+        store = StateStore(proxied, keys)
+
+        # when
+        store.save(["t1"], np.full((1, WIDTH), 2.0))
+
+        # then: sent once more, and stored once
+        assert proxy.dropped == 1
+        assert store.load(["t1"], width=WIDTH)[0].tolist() == [[2.0] * WIDTH]
+    finally:
+        proxied.close()
+        proxy.close()
 
 
 def test_feedback_survives_a_save_and_load(store: StateStore) -> None:

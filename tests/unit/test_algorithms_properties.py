@@ -124,7 +124,7 @@ def test_a_stored_trim_out_of_range_is_clamped_and_never_overflows() -> None:
     # overflowed for a target that was not paced this cycle and so kept its stored β)
     zeros = np.zeros(2)
     inputs = PacingInputs(
-        **{name: zeros for name in FLOAT_INPUTS}, input_reason=np.zeros(2, dtype=np.int8)
+        **dict.fromkeys(FLOAT_INPUTS, zeros), input_reason=np.zeros(2, dtype=np.int8)
     )
     targets = PacingTargets(
         algorithm=np.zeros(2, dtype=np.int8),

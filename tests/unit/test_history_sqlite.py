@@ -20,6 +20,7 @@ from pacing.errors import HistoryUnavailable
 from pacing.history import (
     ChannelTotal,
     CycleRecord,
+    DecisionColumns,
     DecisionRow,
     channel_totals,
     create_history_engine,
@@ -276,6 +277,73 @@ def test_cycle_record_from_json_refuses_an_unknown_version() -> None:
     payload = cycle(1).to_json() | {"v": 99}
     with pytest.raises(ValueError, match="version 99"):
         CycleRecord.from_json(payload)
+
+
+def test_decisions_travel_as_columns_and_read_back_as_rows() -> None:
+    # given
+    rows = [decision("g1", 3, state=0.5), DecisionRow("g2", 0, 1.0, "stale", None, None, None)]
+    record = cycle(7, decisions=rows)
+
+    # when
+    data = json.loads(json.dumps(record.to_json()))
+    restored = CycleRecord.from_json(data)
+
+    # then: one list per field on the wire, the same rows when read back
+    assert data["decisions"]["target_id"] == ["g1", "g2"]
+    assert data["decisions"]["agents_ready"] == [rows[0].agents_ready, None]
+    assert isinstance(restored.decisions, DecisionColumns)
+    assert list(restored.decisions) == rows
+    assert restored.decisions[-1] == rows[-1]
+    assert restored.decisions[0:1] == rows[0:1]
+
+
+def test_a_record_staged_by_the_previous_release_is_still_read() -> None:
+    # given: format version 1, one positional list per decision
+    data = cycle(8).to_json() | {
+        "v": 1,
+        "decisions": [["g1", 2, 0.25, "ok", 3, 1, None]],
+    }
+
+    # when
+    restored = CycleRecord.from_json(data)
+
+    # then
+    assert restored.decisions == [DecisionRow("g1", 2, 0.25, "ok", 3, 1, None)]
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [
+        ("proactive_budget", [1, "2"], "proactive_budget holds str"),
+        ("target_id", ["g1", 7], "target_id holds int"),
+        ("agents_busy", [1.5, None], "agents_busy holds float"),
+        ("reason", "ok", "reason must be a list"),
+        ("reactive_state", [1.0], "one length"),
+    ],
+)
+def test_damaged_decision_columns_are_refused_by_name(
+    column: str, values: object, message: str
+) -> None:
+    # given
+    data = cycle(9, decisions=[decision("g1", 1), decision("g2", 2)]).to_json()
+    data["decisions"][column] = values
+
+    # when / then
+    with pytest.raises(ValueError, match=message):
+        CycleRecord.from_json(data)
+
+
+def test_columns_with_rows_of_different_lengths_are_refused() -> None:
+    with pytest.raises(ValueError, match="target_id 2, proactive_budget 1"):
+        DecisionColumns(
+            target_id=["g1", "g2"],
+            proactive_budget=[1],
+            reactive_state=[1.0],
+            reason=["ok"],
+            agents_ready=[None],
+            agents_busy=[None],
+            interactions_waiting=[None],
+        )
 
 
 def test_duplicate_decisions_in_one_cycle_are_refused(engine: Engine) -> None:
