@@ -8,12 +8,14 @@ references.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 from pacing.domain import Reason, TargetConfig
@@ -42,6 +44,11 @@ def split_into_shards(targets: Sequence[TargetConfig], shard_size: int) -> list[
         for t in targets
     ]
     return [rows[i : i + shard_size] for i in range(0, len(rows), shard_size)]
+
+
+def shard_digest(rows: Sequence[Sequence[Any]]) -> str:
+    """A name for a shard's rows from their content: equal rows, equal name (BLAKE2b, 128 bits)."""
+    return hashlib.blake2b(orjson.dumps(rows), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

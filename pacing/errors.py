@@ -42,6 +42,11 @@ class HistoryUnavailable(TransientError):
     """The history database is down or refused the write."""
 
 
+class ShardTargetsMissing(TransientError):
+    """A shard task's target rows are no longer in Redis; its cycle is lost, the next one
+    parks them again."""
+
+
 class PermanentError(PacingError):
     """Trying the same request again cannot succeed."""
 

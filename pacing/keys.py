@@ -94,6 +94,10 @@ class Keys:
         (versioned with their grid)."""
         return f"{self.prefix}:operating_points:v2"
 
+    def shard_targets(self, digest: str) -> str:
+        """One shard's target rows, named by their content (the chord header carries the name)."""
+        return f"{self.prefix}:shard_targets:{digest}"
+
     def shard_rows(self, seq: int, shard: int) -> str:
         """One shard's decisions in cycle ``seq``, from its task until the chord body merges."""
         return f"{self.prefix}:cycle:{seq}:shard:{shard}"

@@ -24,10 +24,10 @@ from requests.adapters import HTTPAdapter
 from sqlalchemy.engine import Engine
 
 from pacing.algorithms import OPERATING_POINTS
-from pacing.cycle import split_into_shards
+from pacing.cycle import shard_digest, split_into_shards
 from pacing.domain import Algorithm, Objective, TargetConfig
 from pacing.engagement import BearerToken, EngagementClient, OAuth2ClientCredentials
-from pacing.errors import HistoryUnavailable
+from pacing.errors import HistoryUnavailable, ShardTargetsMissing
 from pacing.history import repository
 from pacing.keys import Keys
 from pacing.leadership import Leadership
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 _TARGET_FIELDS = tuple(f.name for f in fields(TargetConfig))
 
+#: shards whose rows a process keeps (100,000 targets in shards of 1,000 are 100 of them)
+SHARD_TARGETS_KEPT = 1000
 TARGETS_CACHE_SECONDS = 10.0  # a target enabled with the CLI starts being paced within this time
 
 
@@ -73,7 +75,8 @@ class Services:
         self._targets: list[TargetConfig] = []
         self._targets_read_at = -float("inf")
         self._targets_version: tuple[int, int, datetime | None] | None = None
-        self._shards: tuple[list[TargetConfig], int, list[list[list[Any]]]] | None = None
+        self._shards: tuple[list[TargetConfig], int, list[list[list[Any]]], list[str]] | None = None
+        self._shard_targets: dict[str, list[list[Any]]] = {}
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -165,12 +168,43 @@ class Services:
 
     def enabled_shards(self, shard_size: int) -> list[list[list[Any]]]:
         """The enabled targets cut into shards; cut again only when the targets changed."""
+        return self._cut(shard_size)[2]
+
+    def shard_digests(self, shard_size: int) -> list[str]:
+        """A name for each shard of :meth:`enabled_shards`, from its rows' content."""
+        return self._cut(shard_size)[3]
+
+    def _cut(
+        self, shard_size: int
+    ) -> tuple[list[TargetConfig], int, list[list[list[Any]]], list[str]]:
         targets = self.enabled_targets()
         cached = self._shards
         if cached is None or cached[0] is not targets or cached[1] != shard_size:
-            cached = (targets, shard_size, split_into_shards(targets, shard_size))
+            shards = split_into_shards(targets, shard_size)
+            cached = (targets, shard_size, shards, [shard_digest(rows) for rows in shards])
             self._shards = cached
-        return cached[2]
+        return cached
+
+    def shard_targets(self, digest: str) -> list[list[Any]]:
+        """The rows of the shard named ``digest``, parked in Redis by the leader's refresh.
+
+        Kept in this process once read (the same shards come back every cycle until the
+        targets change), so a shard task usually reads nothing. Raises
+        :class:`ShardTargetsMissing` if Redis no longer holds them.
+        """
+        rows = self._shard_targets.get(digest)
+        if rows is None:
+            raw = self.redis.get(self.keys.shard_targets(digest))
+            if raw is None:
+                raise ShardTargetsMissing(
+                    f"The targets of shard {digest} are not in Redis (expired or flushed); "
+                    "the next refresh parks them again."
+                )
+            rows = orjson.loads(raw)
+            if len(self._shard_targets) >= SHARD_TARGETS_KEPT:
+                self._shard_targets.pop(next(iter(self._shard_targets)))
+            self._shard_targets[digest] = rows
+        return rows
 
     def close(self) -> None:
         """Release connections (for tests and the CLI)."""

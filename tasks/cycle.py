@@ -19,7 +19,7 @@ import redis.exceptions
 from celery import Task, chord
 
 from pacing import pipeline
-from pacing.errors import HistoryUnavailable
+from pacing.errors import HistoryUnavailable, ShardTargetsMissing
 from pacing.history import repository
 from pacing.leadership import Role
 from pacing.logs import bind_log_context
@@ -83,13 +83,14 @@ def refresh(node: str) -> str:
     if not shards:
         body.delay([])
         return "leader"
+    # each shard's rows are parked in Redis (pipeline.park_targets): the header carries names
     header = [
-        pace_shard.s(context.seq, index, rows, epoch=context.epoch).set(
+        pace_shard.s(context.seq, index, digest, epoch=context.epoch).set(
             expires=deadline,
             argsrepr=f"(seq={context.seq}, shard={index}, targets={len(rows)})",
             kwargsrepr=f"{{'epoch': {context.epoch}}}",
         )
-        for index, rows in enumerate(shards)
+        for index, (rows, digest) in enumerate(zip(shards, plan.digests, strict=True))
     ]
     chord(header)(body)
     return "leader"
@@ -105,11 +106,21 @@ def refresh(node: str) -> str:
     # the result is a reference to the rows parked in Redis (pipeline.park_shard)
     resultrepr_maxsize=64,
 )
-def pace_shard(seq: int, shard: int, targets: list[list[Any]], epoch: int = 0) -> dict[str, Any]:
+def pace_shard(
+    seq: int, shard: int, targets: str | list[list[Any]], epoch: int = 0
+) -> dict[str, Any]:
     """Chord header: statistics → state → pacing → rows parked in Redis. Never raises for a
-    target; the result is a small reference to the parked rows."""
+    target; the result is a small reference to the parked rows. ``targets`` is the digest
+    the shard's target rows are parked under (or, from an older release, the rows)."""
     svc = services()
-    rows = pipeline.run_shard(svc, seq=seq, shard=shard, rows=targets, epoch=epoch)
+    try:
+        rows = pipeline.run_shard(svc, seq=seq, shard=shard, rows=targets, epoch=epoch)
+    except ShardTargetsMissing:
+        # the chord cannot complete: let the next tick start at once (it parks them again)
+        logger.exception("shard targets missing; cycle abandoned", extra={"seq": seq})
+        with contextlib.suppress(redis.exceptions.RedisError):
+            svc.leadership.finish_cycle(epoch=epoch, seq=seq)
+        raise
     return pipeline.park_shard(svc, rows)
 
 

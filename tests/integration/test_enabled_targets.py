@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from pacing import pipeline
 from pacing.domain import TargetConfig
+from pacing.errors import ShardTargetsMissing
 from pacing.history import repository
 from pacing.history.migrate import upgrade_to_head
 from pacing.services import TARGETS_CACHE_SECONDS, Services
@@ -109,3 +111,62 @@ def test_without_the_database_the_copy_in_redis_is_paced(
 
     # then
     assert [t.target_id for t in targets] == [f"t{i}" for i in range(5)]
+
+
+def test_the_leader_parks_each_shards_rows_for_the_shard_tasks(
+    services: Services, clock: Clock
+) -> None:
+    # given
+    settings = services.settings.model_copy(update={"shard_size": 2})
+    services.settings = settings
+    worker = Services(settings, clock=clock)  # another process: nothing cached yet
+
+    try:
+        # when
+        plan = pipeline.plan_cycle(services, node="n1")
+
+        # then: the header carries names, and a worker reads the very rows behind them
+        assert len(plan.digests) == len(plan.shards) == 3
+        assert len(set(plan.digests)) == 3
+        for digest, rows in zip(plan.digests, plan.shards, strict=True):
+            assert worker.shard_targets(digest) == rows
+            ttl = services.redis.ttl(services.keys.shard_targets(digest))
+            assert 0 < ttl <= pipeline.PARKED_TARGETS_SECONDS
+    finally:
+        worker.close()
+
+
+def test_a_shard_whose_parked_rows_are_gone_is_refused_and_parked_again_next_cycle(
+    services: Services, clock: Clock
+) -> None:
+    # given: a cycle planned, then its parked rows lost (a flushed Redis)
+    services.settings = services.settings.model_copy(update={"shard_size": 2})
+    plan = pipeline.plan_cycle(services, node="n1")
+    assert plan.context is not None
+    services.redis.delete(*(services.keys.shard_targets(d) for d in plan.digests))
+    worker = Services(services.settings, clock=clock)
+    try:
+        # when / then: the shard cannot be paced, not even as error rows
+        with pytest.raises(ShardTargetsMissing, match="not in Redis"):
+            pipeline.run_shard(worker, seq=plan.context.seq, shard=0, rows=plan.digests[0])
+
+        # and the next cycle parks them again
+        services.leadership.finish_cycle(epoch=plan.context.epoch, seq=plan.context.seq)
+        again = pipeline.plan_cycle(services, node="n1")
+        assert again.digests == plan.digests
+        assert worker.shard_targets(plan.digests[0]) == plan.shards[0]
+    finally:
+        worker.close()
+
+
+def test_a_changed_target_list_gets_new_shard_names(services: Services, clock: Clock) -> None:
+    # given
+    before = services.shard_digests(2)
+
+    # when
+    repository.upsert_targets(services.history, [TargetConfig("t1", max_budget=7)])
+    clock.now += TARGETS_CACHE_SECONDS + 1
+    after = services.shard_digests(2)
+
+    # then: only the shard holding t1 changed its name
+    assert [b == a for b, a in zip(before, after, strict=True)] == [False, True, True]
