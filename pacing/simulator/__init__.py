@@ -116,6 +116,12 @@ def start_simulator(
         daemon=True,
     )
     thread.start()
+    threading.Thread(
+        target=_keep_time,
+        args=(world, clock, app.stopping),
+        name="pacing-simulator-clock",
+        daemon=True,
+    ).start()
     running = RunningSimulator(server, thread)
     logger.info(
         "simulator listening on %s with %d targets (seed %d)",
@@ -124,6 +130,23 @@ def start_simulator(
         config.seed,
     )
     return running
+
+
+#: How often the background clock steps the world (its step is 0.1 s of simulated time).
+CLOCK_INTERVAL_SECONDS = 0.1
+
+
+def _keep_time(world: World, clock: Callable[[], float], stopping: threading.Event) -> None:
+    """Step the world as time passes, whether or not anyone asks, like a real contact centre.
+
+    The world also steps lazily up to "now" on every request; without this thread the first
+    Stat Server request after an idle second paid for every step of that second (10,000
+    targets: 20 ms instead of 10 ms for 2,500 ids after a 2 s gap; 100,000 targets ten times
+    that), so a pacing cycle's first fetches were slowed by the simulator, not the network.
+    """
+    while not stopping.wait(CLOCK_INTERVAL_SECONDS):
+        with world.lock:
+            world.advance(clock())
 
 
 def serve_forever(config: SimulatorConfig) -> None:
