@@ -84,7 +84,7 @@ from benchmarks._stack import (
     log_problems,
 )
 from pacing import pipeline
-from pacing.cycle import MergedCycle, build_payload, channel_sums
+from pacing.cycle import MergedCycle, build_payload, channel_sums, effective_shard_size
 from pacing.domain import Reason
 from pacing.engagement import encode_payload
 from pacing.history import repository, synthetic
@@ -417,7 +417,12 @@ def run_target_count(
             "targets": targets,
             "imported": imported,
             "workers": workers,
-            "shards": math.ceil(imported / stack.settings.shard_size),
+            "shards": math.ceil(
+                imported
+                / effective_shard_size(
+                    imported, stack.settings.shard_size, stack.settings.max_shards
+                )
+            ),
             "pipeline": summarize(done, "pipeline"),
             "baseline": summarize(done, "baseline"),
             "wire": wire_bytes(driver.history, done),
@@ -821,7 +826,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"Code      {machine['code']}\n"
         f"Load      load average (1, 5, 15 min) {_load(machine['load_average_at_start'])} at the "
         f"start, {_load(machine['load_average_at_end'])} at the end\n"
-        f"Run       {run['workers']} worker processes, shard size {run['shard_size']}, refresh "
+        f"Run       {run['workers']} worker processes, shard size {run['shard_size']} (at most "
+        f"{run.get('max_shards', '-')} shards), refresh "
         f"period {PERIOD_SECONDS:g} s, {run['warmup']} warm-up cycles of each kind discarded\n"
         f"Logs      {report['logs']}"
     )
@@ -1242,6 +1248,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "run": {
             "workers": args.workers,
             "shard_size": stack.settings.shard_size,
+            "max_shards": stack.settings.max_shards,
             "refresh_period_seconds": PERIOD_SECONDS,
             "warmup": args.warmup,
             "cycles": args.cycles,

@@ -29,8 +29,21 @@ class IncompleteCycle(Exception):
     """The chord delivered a wrong set of shards; the cycle must not publish."""
 
 
-def split_into_shards(targets: Sequence[TargetConfig], shard_size: int) -> list[list[list[Any]]]:
-    """Targets as compact JSON rows, ``shard_size`` per shard (the chord header's arguments)."""
+def effective_shard_size(count: int, shard_size: int, max_shards: int | None = None) -> int:
+    """Targets per shard: ``shard_size``, raised where ``count`` would need more than
+    ``max_shards`` shards (each shard costs the leader a task message and the chord a join
+    step whatever its size; see the ``max_shards`` setting)."""
+    if max_shards is None or count <= shard_size * max_shards:
+        return shard_size
+    return math.ceil(count / max_shards)
+
+
+def split_into_shards(
+    targets: Sequence[TargetConfig], shard_size: int, *, max_shards: int | None = None
+) -> list[list[list[Any]]]:
+    """Targets as compact JSON rows, ``shard_size`` per shard (the chord header's arguments),
+    or as many as it takes to need no more than ``max_shards`` shards."""
+    shard_size = effective_shard_size(len(targets), shard_size, max_shards)
     rows = [
         [
             t.target_id,

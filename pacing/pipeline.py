@@ -148,8 +148,8 @@ def plan_cycle(services: Services, *, node: str) -> PlannedCycle:
     )
     if outcome.role is not Role.LEADER:
         return PlannedCycle(outcome, None, [])
-    shards = services.enabled_shards(settings.shard_size)
-    digests = services.shard_digests(settings.shard_size)
+    shards = services.enabled_shards(settings.shard_size, settings.max_shards)
+    digests = services.shard_digests(settings.shard_size, settings.max_shards)
     park_targets(services, shards, digests)
     context = CycleContext(
         seq=outcome.seq,

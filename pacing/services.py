@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
@@ -75,7 +75,7 @@ class Services:
         self._targets: list[TargetConfig] = []
         self._targets_read_at = -float("inf")
         self._targets_version: tuple[int, int, datetime | None] | None = None
-        self._shards: tuple[list[TargetConfig], int, list[list[list[Any]]], list[str]] | None = None
+        self._shards: _Cut | None = None
         self._shard_targets: dict[str, list[list[Any]]] = {}
 
     @cached_property
@@ -166,22 +166,27 @@ class Services:
             self._targets_read_at = now
             return self._targets
 
-    def enabled_shards(self, shard_size: int) -> list[list[list[Any]]]:
+    def enabled_shards(
+        self, shard_size: int, max_shards: int | None = None
+    ) -> list[list[list[Any]]]:
         """The enabled targets cut into shards; cut again only when the targets changed."""
-        return self._cut(shard_size)[2]
+        return self._cut(shard_size, max_shards).shards
 
-    def shard_digests(self, shard_size: int) -> list[str]:
+    def shard_digests(self, shard_size: int, max_shards: int | None = None) -> list[str]:
         """A name for each shard of :meth:`enabled_shards`, from its rows' content."""
-        return self._cut(shard_size)[3]
+        return self._cut(shard_size, max_shards).digests
 
-    def _cut(
-        self, shard_size: int
-    ) -> tuple[list[TargetConfig], int, list[list[list[Any]]], list[str]]:
+    def _cut(self, shard_size: int, max_shards: int | None) -> _Cut:
         targets = self.enabled_targets()
         cached = self._shards
-        if cached is None or cached[0] is not targets or cached[1] != shard_size:
-            shards = split_into_shards(targets, shard_size)
-            cached = (targets, shard_size, shards, [shard_digest(rows) for rows in shards])
+        if (
+            cached is None
+            or cached.targets is not targets  # a new list is read only when the targets changed
+            or (cached.shard_size, cached.max_shards) != (shard_size, max_shards)
+        ):
+            shards = split_into_shards(targets, shard_size, max_shards=max_shards)
+            digests = [shard_digest(rows) for rows in shards]
+            cached = _Cut(targets, shard_size, max_shards, shards, digests)
             self._shards = cached
         return cached
 
@@ -214,6 +219,16 @@ class Services:
                 resource.close()
             elif isinstance(resource, Engine):
                 resource.dispose()
+
+
+class _Cut(NamedTuple):
+    """The shards cut from one target list, with the names they are parked under."""
+
+    targets: list[TargetConfig]
+    shard_size: int
+    max_shards: int | None
+    shards: list[list[list[Any]]]
+    digests: list[str]
 
 
 def _encode_targets(targets: list[TargetConfig]) -> bytes:

@@ -170,3 +170,15 @@ def test_a_changed_target_list_gets_new_shard_names(services: Services, clock: C
 
     # then: only the shard holding t1 changed its name
     assert [b == a for b, a in zip(before, after, strict=True)] == [False, True, True]
+
+
+def test_shards_grow_instead_of_multiplying_past_max_shards(services: Services) -> None:
+    # given 5 targets, shards of 1 and at most 2 shards
+
+    # when
+    shards = services.enabled_shards(1, max_shards=2)
+
+    # then: 2 shards of 3 and 2, every target once, in order
+    assert [len(shard) for shard in shards] == [3, 2]
+    assert [row[0] for shard in shards for row in shard] == [f"t{i}" for i in range(5)]
+    assert [len(shard) for shard in services.enabled_shards(1, max_shards=10)] == [1] * 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from pacing.cycle import (
     can_send_delta,
     changed_since,
     channel_sums,
+    effective_shard_size,
     merge_shards,
     optional_ints,
     reason_label,
@@ -452,3 +454,22 @@ def test_reason_labels_are_the_public_names() -> None:
         "error",
         "unknown_target",
     ]
+
+
+@pytest.mark.parametrize(
+    ("count", "shard_size", "max_shards", "expected"),
+    [
+        (10_000, 1000, 40, 1000),  # 10 shards: under the bound, the setting holds
+        (40_000, 1000, 40, 1000),  # exactly at the bound
+        (100_000, 1000, 40, 2500),  # 40 shards of 2,500 instead of 100 of 1,000
+        (100_001, 1000, 40, 2501),  # never more than max_shards
+        (5, 1000, None, 1000),
+    ],
+)
+def test_shards_grow_past_max_shards(
+    count: int, shard_size: int, max_shards: int | None, expected: int
+) -> None:
+    size = effective_shard_size(count, shard_size, max_shards)
+    assert size == expected
+    if max_shards is not None:
+        assert math.ceil(count / size) <= max_shards
