@@ -357,13 +357,25 @@ def _fast_feedback(feedback: Mapping[object, object]) -> dict[str, OfferFeedback
 
 @dataclass(frozen=True, slots=True)
 class PublishAck:
-    """What the engagement platform said about one accepted publish."""
+    """What the engagement platform said about one accepted publish.
+
+    ``response`` is the decoded body; its ``feedback`` is validated when :attr:`feedback` is
+    read, not when the publish is acknowledged: a receiver that took the cycle holds it even if
+    its counters are malformed, and the pipeline hands the cycle to the audit before it spends
+    time on up to one entry per target (see ``pacing.pipeline.publish_cycle``).
+    """
 
     accepted_seq: int
-    feedback: dict[str, OfferFeedback] = field(repr=False)
+    response: object = field(repr=False)
     bytes_sent: int
     status_code: int
     elapsed_seconds: float
+
+    @property
+    def feedback(self) -> dict[str, OfferFeedback]:
+        """The counters per target (:func:`parse_publish_response`; InvalidResponse if the
+        feedback is not an object)."""
+        return parse_publish_response(self.response)
 
 
 class EngagementClient:
@@ -447,7 +459,7 @@ class EngagementClient:
             accepted_seq = _accepted_seq(decoded, seq=seq, url=url)
             return PublishAck(
                 accepted_seq=accepted_seq,
-                feedback=parse_publish_response(decoded),
+                response=decoded,
                 bytes_sent=len(body),
                 status_code=status,
                 elapsed_seconds=elapsed,

@@ -38,7 +38,7 @@ from pacing.cycle import (
     split_into_shards,
 )
 from pacing.domain import Reason, TargetConfig
-from pacing.engagement import encode_payload
+from pacing.engagement import PublishAck, encode_payload
 from pacing.errors import (
     DeltaBaseMismatch,
     EngagementRejected,
@@ -409,10 +409,16 @@ def publish_cycle(
     context: CycleContext,
     *,
     sleep: Callable[[float], None] = time.sleep,
+    audit_ready: Callable[[int], None] | None = None,
 ) -> CycleRecord:
     """Merge, fence, publish and stage the audit record of one cycle (design.md §2).
 
     Returns the audit record, already stored in Redis for ``pacing.record_cycle``.
+    ``audit_ready(seq)`` is called as soon as the record and the publish outcome are in Redis,
+    before the feedback the receiver returned is validated and stored: the audit task then
+    writes the history while this one handles up to one feedback entry per target (at 100,000
+    targets a good part of the publish stage). The next cycle still starts only after the
+    feedback is stored. Without ``audit_ready`` the caller hands the record over itself.
     """
     settings, clock, keys = services.settings, services.clock, services.keys
     deadline = context.started_at + settings.cycle_deadline
@@ -471,7 +477,9 @@ def publish_cycle(
     )
     stage_audit(services, staged)
     publish_started = time.perf_counter()
-    status, failure = _fenced_post(services, context, body=body, deadline=deadline, sleep=sleep)
+    status, failure, ack = _fenced_post(
+        services, context, body=body, deadline=deadline, sleep=sleep
+    )
     publish_ms = (time.perf_counter() - publish_started) * 1000
     # Everything the cycle leaves in Redis goes in one round trip (with _finish's writes).
     pipe = services.redis.pipeline(transaction=True)
@@ -506,9 +514,13 @@ def publish_cycle(
         publish_ms=publish_ms,
     )
     # the staged record keeps its decisions; only the small outcome is written over it
-    pipe.set(
+    services.redis.set(
         keys.audit_outcome(context.seq), orjson.dumps(outcome.to_json()), ex=AUDIT_RETENTION_SECONDS
     )
+    if audit_ready is not None:
+        audit_ready(context.seq)
+    if ack is not None:
+        _store_feedback(services, ack, context)
     return _finish(
         services,
         context,
@@ -589,16 +601,17 @@ def _fenced_post(
     body: bytes,
     deadline: float,
     sleep: Callable[[float], None],
-) -> tuple[str, str | None]:
-    """Claim the fence, then POST until acknowledged or the cycle's deadline passes."""
+) -> tuple[str, str | None, PublishAck | None]:
+    """Claim the fence, then POST until acknowledged or the cycle's deadline passes; the
+    acknowledgement comes back with the status when this attempt was the one acknowledged."""
     extra = {"seq": context.seq, "epoch": context.epoch}
     verdict = services.leadership.claim_publish(epoch=context.epoch, seq=context.seq)
     if verdict is FenceVerdict.DEPOSED:
         logger.warning("not publishing: this cycle's leader was deposed", extra=extra)
-        return "fenced", "epoch is no longer the lease's epoch"
+        return "fenced", "epoch is no longer the lease's epoch", None
     if verdict is FenceVerdict.SUPERSEDED:
         logger.warning("not publishing: a newer cycle already published", extra=extra)
-        return "fenced", "a newer seq already claimed the publish"
+        return "fenced", "a newer seq already claimed the publish", None
     # An attempt that was sent but never answered (a read timeout) may still be applied by the
     # receiver, late: such a cycle ends "in_doubt", which keeps its decisions in the history,
     # instead of "failed", which would leave the receiver holding decisions the history lacks.
@@ -608,15 +621,15 @@ def _fenced_post(
             # a newer cycle may already be running; this one's data is too old to be useful
             logger.warning("not publishing: the cycle is past its deadline", extra=extra)
             if sent_unanswered:
-                return "in_doubt", "no answer before the deadline; the receiver may hold it"
-            return "expired", "the cycle passed its deadline before it could publish"
+                return "in_doubt", "no answer before the deadline; the receiver may hold it", None
+            return "expired", "the cycle passed its deadline before it could publish", None
         try:
             ack = services.engagement.publish(seq=context.seq, body=body)
         except EngagementUnavailable as error:
             sent_unanswered = sent_unanswered or _unanswered(error)
             if services.clock() + PUBLISH_RETRY_PAUSE_SECONDS >= deadline:
                 logger.warning("publish failed until the deadline: %s", error, extra=extra)
-                return ("in_doubt" if sent_unanswered else "failed"), _short(error)
+                return ("in_doubt" if sent_unanswered else "failed"), _short(error), None
             sleep(PUBLISH_RETRY_PAUSE_SECONDS)
             # The fence was claimed once, before the first attempt; a retry comes later, and
             # the deadline may outlast the lease (cycle_deadline may be up to 2 × lease_ttl).
@@ -624,16 +637,16 @@ def _fenced_post(
             if not services.leadership.epoch_is_current(context.epoch):
                 logger.warning("not retrying: this cycle's leader was deposed", extra=extra)
                 status = "in_doubt" if sent_unanswered else "fenced"
-                return status, "the leader was deposed while the publish was retried"
+                return status, "the leader was deposed while the publish was retried", None
             continue
         except DeltaBaseMismatch as error:
             services.redis.set(services.keys.force_full, 1)
             logger.info("receiver lacks the delta base; next publish is full", extra=extra)
-            return "base_mismatch", _short(error)
+            return "base_mismatch", _short(error), None
         except StaleSequence as error:
             if error.last_seq == context.seq:
                 # an earlier attempt of this very cycle arrived (its answer timed out)
-                return "published", None
+                return "published", None, None
             # This cycle passed the fence, so no newer cycle of ours claimed it: a receiver
             # holding a larger seq means Redis lost its data (a restart without persistence)
             # and INCR began again at 1. Jump past the receiver's seq, or every cycle would be
@@ -647,12 +660,26 @@ def _fenced_post(
                     "the receiver holds a newer seq than this cluster; seq raised past it",
                     extra={**extra, "receiver_seq": error.last_seq},
                 )
-            return "stale_seq", _short(error)
+            return "stale_seq", _short(error), None
         except (EngagementRejected, InvalidResponse) as error:
             logger.error("publish rejected: %s", error, extra=extra)
-            return "failed", _short(error)
-        services.state.save_feedback(ack.feedback)
-        return "published", None
+            return "failed", _short(error), None
+        return "published", None, ack
+
+
+def _store_feedback(services: Services, ack: PublishAck, context: CycleContext) -> None:
+    """Keep the counters the receiver returned; malformed ones are logged and skipped (the
+    receiver took the cycle all the same, and each target keeps its last known counters)."""
+    try:
+        feedback = ack.feedback
+    except InvalidResponse as error:
+        logger.warning(
+            "publish feedback ignored: %s",
+            error,
+            extra={"seq": context.seq, "epoch": context.epoch},
+        )
+        return
+    services.state.save_feedback(feedback)
 
 
 def _unanswered(error: EngagementUnavailable) -> bool:

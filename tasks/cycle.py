@@ -129,15 +129,25 @@ def publish_cycle(results: list[dict[str, Any]], context: dict[str, Any]) -> Non
     """Chord body: merge, fence, publish, then hand the cycle to the audit task."""
     cycle = CycleContext.from_json(context)
     svc = services()
+    handed: list[int] = []
+
+    def audit_ready(seq: int) -> None:
+        # as soon as the outcome is in Redis: the audit runs while the feedback is stored
+        record_cycle.delay(seq)
+        handed.append(seq)
+
     try:
-        record = pipeline.publish_cycle(svc, pipeline.collect_shards(svc, results), cycle)
-        pipeline.forget_shards(svc, cycle.seq, cycle.shard_count)
+        record = pipeline.publish_cycle(
+            svc, pipeline.collect_shards(svc, results), cycle, audit_ready=audit_ready
+        )
     except Exception:
         # let the next tick start at once instead of waiting for the deadline
         with contextlib.suppress(redis.exceptions.RedisError):
             svc.leadership.finish_cycle(epoch=cycle.epoch, seq=cycle.seq)
         raise
-    record_cycle.delay(record.seq)
+    if not handed:  # a cycle that ended before its publish (abandoned) has a record too
+        record_cycle.delay(record.seq)
+    pipeline.forget_shards(svc, cycle.seq, cycle.shard_count)
 
 
 @app.task(

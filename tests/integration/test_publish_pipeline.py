@@ -219,6 +219,60 @@ def test_a_published_cycle_stores_feedback_and_lets_the_next_cycle_start(
     assert start_cycle(services).seq == context.seq + 1
 
 
+def test_the_audit_is_handed_over_with_its_outcome_before_the_feedback_is_stored(
+    services: Services,
+) -> None:
+    # given
+    context = start_cycle(services)
+    seen: list[tuple[int, dict[str, Any] | None, bool]] = []
+
+    def audit_ready(seq: int) -> None:
+        _, feedback = services.state.load(["a"], width=1)
+        seen.append((seq, stored_json(services, seq), bool(np.isnan(feedback[0]).all())))
+
+    # when
+    pipeline.publish_cycle(
+        services,
+        shard_results(context, BUDGETS),
+        context,
+        sleep=_no_sleep,
+        audit_ready=audit_ready,
+    )
+
+    # then: the audit task could read the published record; the feedback came after
+    [(seq, record, feedback_missing)] = seen
+    assert seq == context.seq
+    assert record is not None
+    assert record["publish_status"] == "published"
+    assert feedback_missing
+    _, feedback = services.state.load(["a"], width=1)
+    assert feedback[0].tolist() == [10.0, 3.0, 9.0, 1.0]
+
+
+def test_malformed_feedback_from_a_receiver_that_took_the_cycle_keeps_it_published(
+    services: Services, stub: HttpStub
+) -> None:
+    # given: the receiver accepts, but its feedback is not an object
+    stub.on(
+        "POST",
+        PUBLISH_PATH,
+        lambda request: json_response(
+            {"accepted_seq": request.json()["seq"], "feedback": ["not", "an", "object"]}
+        ),
+    )
+    context = start_cycle(services)
+
+    # when
+    record = publish(services, context, BUDGETS)
+
+    # then: published with its decisions (the receiver holds them); no counters stored
+    assert record.publish_status == "published"
+    assert len(record.decisions) == 3
+    _, feedback = services.state.load(["a"], width=1)
+    assert np.isnan(feedback[0]).all()
+    assert start_cycle(services).seq == context.seq + 1
+
+
 def test_a_change_is_published_as_a_delta_with_only_the_changed_target(
     services: Services, stub: HttpStub
 ) -> None:

@@ -545,7 +545,6 @@ BAD_200S = [
     pytest.param(json_response({"accepted_seq": "1"}), id="accepted-seq-string"),
     pytest.param(json_response({"accepted_seq": True}), id="accepted-seq-bool"),
     pytest.param(json_response({"accepted_seq": 2}), id="accepted-seq-other"),
-    pytest.param(json_response({"accepted_seq": 1, "feedback": [1]}), id="feedback-list"),
     pytest.param(
         StubResponse(
             body=b"\x1f\x8bnot gzip at all",
@@ -583,6 +582,22 @@ def test_bad_success_bodies_are_invalid_responses(
     with pytest.raises(InvalidResponse) as caught:
         client.publish(seq=1, body=encode_payload({}))
 
+    assert_no_secrets(exception_texts(caught.value))
+
+
+def test_malformed_feedback_fails_when_read_not_when_the_publish_is_acknowledged(
+    session: requests.Session, server: HttpStub
+) -> None:
+    # given: a receiver that takes the cycle but answers feedback as a list
+    server.on("POST", PUBLISH_PATH, json_response({"accepted_seq": 1, "feedback": [1]}))
+
+    # when
+    ack = bearer_client(session, server.url).publish(seq=1, body=encode_payload({}))
+
+    # then: acknowledged (the receiver holds the cycle); the feedback itself is refused
+    assert ack.accepted_seq == 1
+    with pytest.raises(InvalidResponse, match="'feedback' is not an object") as caught:
+        _ = ack.feedback
     assert_no_secrets(exception_texts(caught.value))
 
 
