@@ -206,9 +206,10 @@ class Services:
                     "the next refresh parks them again."
                 )
             rows = orjson.loads(raw)
-            if len(self._shard_targets) >= SHARD_TARGETS_KEPT:
-                self._shard_targets.pop(next(iter(self._shard_targets)))
-            self._shard_targets[digest] = rows
+            with self._targets_lock:  # a threads pool shares this cache between tasks
+                if len(self._shard_targets) >= SHARD_TARGETS_KEPT:
+                    self._shard_targets.pop(next(iter(self._shard_targets)))
+                self._shard_targets[digest] = rows
         return rows
 
     def close(self) -> None:
