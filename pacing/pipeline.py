@@ -671,7 +671,7 @@ def _store_feedback(services: Services, ack: PublishAck, context: CycleContext) 
     """Keep the counters the receiver returned; malformed ones are logged and skipped (the
     receiver took the cycle all the same, and each target keeps its last known counters)."""
     try:
-        feedback = ack.feedback
+        ids, counters = ack.feedback_rows()
     except InvalidResponse as error:
         logger.warning(
             "publish feedback ignored: %s",
@@ -679,7 +679,7 @@ def _store_feedback(services: Services, ack: PublishAck, context: CycleContext) 
             extra={"seq": context.seq, "epoch": context.epoch},
         )
         return
-    services.state.save_feedback(feedback)
+    services.state.save_feedback_rows(ids, counters)
 
 
 def _unanswered(error: EngagementUnavailable) -> bool:

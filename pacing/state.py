@@ -83,13 +83,15 @@ class StateStore:
 
     def save_feedback(self, feedback: Mapping[str, OfferFeedback]) -> None:
         """Store the counters the engagement platform returned (partial maps keep the rest)."""
-        if not feedback:
-            return
         # columns in OfferFeedback's field order: sent, accepted, resolved, pending
         rows = np.array(list(feedback.values()), dtype=np.float64).reshape(-1, FEEDBACK_WIDTH)
-        round_trip(
-            self._client, [_packed_hset(self._keys.feedback, _encoded(list(feedback)), rows)]
-        )
+        self.save_feedback_rows(list(feedback), rows)
+
+    def save_feedback_rows(self, target_ids: Sequence[str], rows: NDArray[np.float64]) -> None:
+        """:meth:`save_feedback` from ids and an (n, 4) array of counters."""
+        if not target_ids:
+            return
+        round_trip(self._client, [_packed_hset(self._keys.feedback, _encoded(target_ids), rows)])
 
     def last_statistics(
         self, target_ids: Sequence[str], *, now: float, max_age_seconds: float

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pacing.domain import Reason, StatisticsError, TargetStatistics
-from pacing.engagement import _feedback_per_entry, parse_publish_response
+from pacing.engagement import _feedback_per_entry, parse_feedback_rows, parse_publish_response
 from pacing.stat_server import _parse_row, _RowProblem, parse_statistics_response
 from pacing.statistics import STATISTICS_FIELDS, StatisticsBatch
 
@@ -170,7 +170,13 @@ def feedback_entry(draw: st.DrawFn) -> object:
 def test_the_batch_feedback_parse_agrees_with_the_per_entry_reference(
     feedback: dict[str, object],
 ) -> None:
-    assert parse_publish_response({"feedback": feedback}) == _feedback_per_entry(feedback)
+    reference = _feedback_per_entry(feedback)
+    assert parse_publish_response({"feedback": feedback}) == reference
+    # the rows the state store saves: the same ids and counters, in the same order
+    ids, rows = parse_feedback_rows({"feedback": feedback})
+    assert ids == list(reference)
+    assert rows.shape == (len(reference), 4)
+    assert rows.tolist() == [list(map(float, counters)) for counters in reference.values()]
 
 
 # --- StatisticsBatch --------------------------------------------------------------------------
