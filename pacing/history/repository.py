@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar, overload
@@ -136,15 +136,8 @@ class DecisionRow:
     interactions_waiting: int | None = None
 
 
-_DECISION_FIELDS: Final = (
-    "target_id",
-    "proactive_budget",
-    "reactive_state",
-    "reason",
-    "agents_ready",
-    "agents_busy",
-    "interactions_waiting",
-)
+#: DecisionRow's fields in order: the columns of :class:`DecisionColumns`
+_DECISION_FIELDS: Final = tuple(field.name for field in fields(DecisionRow))
 
 
 class DecisionColumns(Sequence[DecisionRow]):
