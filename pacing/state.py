@@ -232,7 +232,7 @@ _POINT = np.dtype([("ceiling", "<f8"), ("key", "<i8"), ("load", "<f8"), ("abando
 class SharedOperatingPoints:
     """The Erlang-A operating-point cache of this process, shared through Redis.
 
-    Solving a missing grid point costs a vectorised bisection (milliseconds), and each worker
+    Solving a missing grid point costs a vectorised root search (milliseconds), and each worker
     process starts with an empty cache: without sharing, every process of every node solves
     the same points again, and a new leader's workers pace their first cycles slowly. Each
     process appends the points it solved as one packed batch to a Redis list and reads the
