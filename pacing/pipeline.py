@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +38,7 @@ from pacing.cycle import (
     reason_label,
     split_into_shards,
 )
-from pacing.domain import Reason, TargetConfig
+from pacing.domain import Objective, Reason, TargetConfig
 from pacing.engagement import PublishAck, encode_payload
 from pacing.errors import (
     DeltaBaseMismatch,
@@ -135,6 +136,8 @@ class PlannedCycle:
     shards: list[list[list[Any]]]
     #: the name each shard's rows are parked under in Redis (what the chord header carries)
     digests: list[str] = dataclasses.field(default_factory=list)
+    #: some shard's rows were parked anew (new or changed targets, or a flushed Redis)
+    targets_changed: bool = False
 
 
 def plan_cycle(services: Services, *, node: str) -> PlannedCycle:
@@ -150,7 +153,7 @@ def plan_cycle(services: Services, *, node: str) -> PlannedCycle:
         return PlannedCycle(outcome, None, [])
     shards = services.enabled_shards(settings.shard_size, settings.max_shards)
     digests = services.shard_digests(settings.shard_size, settings.max_shards)
-    park_targets(services, shards, digests)
+    targets_changed = park_targets(services, shards, digests)
     context = CycleContext(
         seq=outcome.seq,
         epoch=outcome.epoch,
@@ -159,15 +162,16 @@ def plan_cycle(services: Services, *, node: str) -> PlannedCycle:
         shard_count=len(shards),
         new_leader=outcome.new_leader,
     )
-    return PlannedCycle(outcome, context, shards, digests)
+    return PlannedCycle(outcome, context, shards, digests, targets_changed)
 
 
 #: Parked target rows outlive a stopped leader by a day; every cycle renews them.
 PARKED_TARGETS_SECONDS = 24 * 3600
 
 
-def park_targets(services: Services, shards: Sequence[Any], digests: Sequence[str]) -> None:
-    """Make sure every shard's target rows are in Redis under their digest.
+def park_targets(services: Services, shards: Sequence[Any], digests: Sequence[str]) -> bool:
+    """Make sure every shard's target rows are in Redis under their digest; True if some
+    shard's rows were not there yet.
 
     The chord header then carries a 32-character name instead of the rows: encoding 10,000
     targets' rows in the task messages (kombu's stdlib JSON) cost 9 ms in the refresh and 9 ms
@@ -176,7 +180,7 @@ def park_targets(services: Services, shards: Sequence[Any], digests: Sequence[st
     only when missing (new targets, a flushed Redis).
     """
     if not digests:
-        return
+        return False
     keys = [services.keys.shard_targets(digest) for digest in digests]
     pipe = services.redis.pipeline(transaction=False)
     for key in keys:
@@ -188,6 +192,40 @@ def park_targets(services: Services, shards: Sequence[Any], digests: Sequence[st
         for i in missing:
             pipe.set(keys[i], orjson.dumps(shards[i]), ex=PARKED_TARGETS_SECONDS)
         pipe.execute()
+    return bool(missing)
+
+
+#: At most this many (goal, objective) pairs are presolved, the most common first: each costs
+#: one worker process about a second and every process 1.2 MB of cache.
+PRESOLVE_MAX_GOALS = 8
+
+
+def operating_point_goals(targets: Sequence[TargetConfig]) -> list[tuple[float, bool]]:
+    """The (goal as a fraction, is BUSY_FACTOR) pairs of ``targets``, the most common first."""
+    counts = Counter(
+        (t.goal_percent / 100.0, t.objective is Objective.BUSY_FACTOR) for t in targets
+    )
+    return [pair for pair, _ in counts.most_common(PRESOLVE_MAX_GOALS)]
+
+
+def presolve_operating_points(services: Services, goals: Sequence[Sequence[Any]]) -> int:
+    """Solve the Erlang-A operating-point grid of ``goals`` ahead of the cycles and share it.
+
+    Without it the cycles solve the points as targets reach them (every target leaving cold
+    start, every estimate drifting past the cached neighbourhood): at 10,000 targets in the
+    benchmark's first minutes about a tenth of the shards' CPU. Here one worker process solves
+    each goal's grid once (about a second) off the cycle's path, and every process absorbs it
+    from Redis at its next shard. Returns how many points were solved here.
+    """
+    shared = services.operating_points
+    shared.pull()  # what other processes solved already is not solved again
+    ceiling = pacing_parameters(services.settings).busy_factor_abandonment_ceiling
+    solved = sum(
+        algorithms.OPERATING_POINTS.presolve(float(goal), bool(busy), busy_ceiling=ceiling)
+        for goal, busy in goals
+    )
+    shared.push()
+    return solved
 
 
 def run_shard(
@@ -227,6 +265,8 @@ def run_cycle_in_process(services: Services, *, node: str) -> CycleRecord | None
     plan = plan_cycle(services, node=node)
     if plan.context is None:
         return None
+    if plan.targets_changed or plan.outcome.new_leader:  # as pacing.refresh does, but inline
+        presolve_operating_points(services, operating_point_goals(services.enabled_targets()))
     seq = plan.context.seq
     results = [
         run_shard(services, seq=seq, shard=index, rows=digest).to_json()

@@ -1,7 +1,9 @@
 """The pacing cycle as Celery tasks, in the order they run (design.md §2).
 
     beat ──tick──▶ pacing.refresh ──chord──▶ pacing.pace_shard × K ──▶ pacing.publish_cycle
-                                                                          │
+                         │                                                │
+                         └──▶ pacing.presolve_operating_points            │
+                              (new leader or targets changed)             │
                                                   pacing.record_cycle ◀───┘
 
 Each task is a thin wrapper: the work is in :mod:`pacing.pipeline`. Arguments are small JSON
@@ -93,6 +95,9 @@ def refresh(node: str) -> str:
         for index, (rows, digest) in enumerate(zip(shards, plan.digests, strict=True))
     ]
     chord(header)(body)
+    if plan.targets_changed or outcome.new_leader:
+        goals = pipeline.operating_point_goals(svc.enabled_targets())
+        presolve_operating_points.apply_async((goals,), expires=deadline)
     return "leader"
 
 
@@ -168,6 +173,14 @@ def publish_cycle(results: list[dict[str, Any]], context: dict[str, Any]) -> Non
 def record_cycle(self: Task, seq: int) -> bool:
     """Write cycle ``seq`` to the history database; idempotent on ``seq``."""
     return pipeline.write_audit(services(), seq)
+
+
+@app.task(name="pacing.presolve_operating_points", ignore_result=True)
+def presolve_operating_points(goals: list[list[Any]]) -> int:
+    """Solve the operating-point grid of the targets' ``[goal, busy_factor]`` pairs ahead of the
+    cycles and share it through Redis (sent by the leader when targets change or it takes over);
+    returns how many points were new. Losing it only means the cycles solve them as before."""
+    return pipeline.presolve_operating_points(services(), goals)
 
 
 @app.task(

@@ -61,6 +61,11 @@ _RATIO_OCTAVES = 24  # r is clipped to 2^±24: patience or handle times beyond a
 _GOAL_STEPS = 10_000  # goals quantised to 0.01 %
 _MAX_SERVERS = 2**20
 _CACHE_LIMIT = 1_000_000
+#: What :meth:`OperatingPoints.presolve` covers: groups of up to 256 slots and patience ratios
+#: r = θ·h from 1/64 to 64 (handle times up to 64 times shorter or longer than patience), so
+#: 256 × 193 grid points (1.2 MB of cache) per (goal, objective).
+PRESOLVE_MAX_SERVERS = 256
+PRESOLVE_RATIO_OCTAVES = (-6, 6)
 
 
 class ErlangA(NamedTuple):
@@ -139,7 +144,9 @@ def _moment_series(x: Array, y: Array) -> tuple[Array, Array]:
         k = start + offsets
         terms = last[:, None] * np.cumprod(ys[:, None] / (xs[:, None] + k), axis=1)
         total[active] += terms.sum(axis=1)
-        moment[active] += terms @ k
+        # a row-wise sum, not `terms @ k`: BLAS sums in an order that depends on how many rows
+        # are in the batch, so a grid point's last bit depended on what was solved with it
+        moment[active] += (terms * k).sum(axis=1)
         last = terms[:, -1]
         going = k[-1] * last > _SERIES_TOLERANCE * moment[active]
         if not going.all():
@@ -330,6 +337,53 @@ class OperatingPoints:
         rows = n_index.size
         blended = found[:rows] * (1.0 - weight)[:, None] + found[rows:] * weight[:, None]
         return OperatingPoint(load=blended[:, 0], abandon_probability=blended[:, 1])
+
+    def presolve(
+        self,
+        goal: float,
+        busy_factor: bool,
+        *,
+        busy_ceiling: float,
+        max_servers: int = PRESOLVE_MAX_SERVERS,
+        ratio_octaves: tuple[int, int] = PRESOLVE_RATIO_OCTAVES,
+        chunk: int = 8192,
+    ) -> int:
+        """Solve the grid points of one (goal, objective) for N in 1…``max_servers`` and r
+        within ``ratio_octaves`` octaves of 1 that are not cached yet; returns how many.
+
+        Lookups there never solve afterwards, so a cycle pays nothing for targets that leave
+        cold start or whose estimates drift. Each value is the one a lookup would solve.
+        """
+        low_goal, high_goal = GOAL_RANGE
+        g_index = int(np.rint(np.clip(goal, low_goal, high_goal) * _GOAL_STEPS))
+        limit = _RATIO_OCTAVES * _RATIO_STEPS
+        r_steps = np.arange(
+            max(ratio_octaves[0] * _RATIO_STEPS, -limit),
+            min(ratio_octaves[1] * _RATIO_STEPS, limit) + 1,
+            dtype=np.int64,
+        )
+        n_steps = np.arange(1, min(max_servers, _MAX_SERVERS - 1) + 1, dtype=np.int64)
+        n_grid, r_grid = (a.ravel() for a in np.meshgrid(n_steps, r_steps, indexing="ij"))
+        keys = _key(
+            n_grid,
+            r_grid,
+            np.full(n_grid.size, g_index, dtype=np.int64),
+            np.full(n_grid.size, int(busy_factor), dtype=np.int64),
+        )
+        known = self._keys.get(busy_ceiling, np.empty(0, dtype=np.int64))
+        missing = np.flatnonzero(~_found(known, keys))
+        for start in range(0, missing.size, chunk):
+            rows = missing[start : start + chunk]
+            values = _solve_quantised(
+                n_grid[rows].astype(np.float64),
+                np.exp2(r_grid[rows] / _RATIO_STEPS),
+                np.full(rows.size, g_index / _GOAL_STEPS),
+                busy_factor=np.full(rows.size, busy_factor),
+                busy_ceiling=busy_ceiling,
+            )
+            self._store(busy_ceiling, keys[rows], values)
+            self._fresh.append((busy_ceiling, keys[rows], values))
+        return int(missing.size)
 
     def _grid(
         self,

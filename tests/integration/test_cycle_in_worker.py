@@ -98,3 +98,64 @@ def test_a_cycle_is_recorded_once_with_its_stage_timings(
     assert cycle.payload_bytes > 0
     assert [c.seq for c in repository.last_cycles(engine, 1000)].count(seq) == 1
     engine.dispose()
+
+
+def test_the_worker_presolves_a_goal_and_every_process_then_paces_it_without_solving(
+    celery_session_worker: Any, stack_settings: Any
+) -> None:
+    import numpy as np
+
+    from pacing import pipeline
+    from pacing.algorithms import OperatingPoints
+    from pacing.algorithms._erlang import (
+        PRESOLVE_MAX_SERVERS,
+        PRESOLVE_RATIO_OCTAVES,
+        _found,
+        _key,
+    )
+    from pacing.keys import Keys
+    from pacing.services import redis_client
+    from pacing.state import SharedOperatingPoints
+    from tasks.cycle import presolve_operating_points, services
+
+    # given: a goal no target of this session has (7 % abandonment), and another process's
+    # cache that has never seen it
+    client = redis_client(stack_settings.effective_redis_url)
+    other = OperatingPoints()
+    shared = SharedOperatingPoints(client, Keys(stack_settings.key_prefix), other)
+    shared.pull()
+    before = len(other)
+
+    # when: the leader's task runs on the worker
+    presolve_operating_points.delay([[0.07, False]])
+
+    # then: the whole grid reaches the other process through Redis …
+    low, high = PRESOLVE_RATIO_OCTAVES
+    n_grid, r_grid = (
+        a.ravel()
+        for a in np.meshgrid(
+            np.arange(1, PRESOLVE_MAX_SERVERS + 1), np.arange(low * 16, high * 16 + 1)
+        )
+    )
+    grid = _key(n_grid, r_grid, np.full(n_grid.size, 700), np.zeros(n_grid.size, dtype=np.int64))
+    wait_for(
+        lambda: shared.pull() >= 0 and _found(other._keys.get(0.2, grid[:0]), grid).all(),
+        timeout=60,
+        message="the presolved points never reached Redis",
+    )
+    assert len(other) >= before + grid.size
+    # … which paces any group up to 256 slots at that goal without solving anything
+    rng = np.random.default_rng(3)
+    servers = rng.integers(1, PRESOLVE_MAX_SERVERS + 1, 500).astype(np.float64)
+    ratio = 2.0 ** rng.uniform(low + 0.1, high - 0.1, 500)
+    point = other.lookup(
+        servers,
+        ratio,
+        np.full(500, 0.07),
+        busy_factor=np.zeros(500, dtype=bool),
+        busy_ceiling=0.2,
+    )
+    assert other.export_fresh() == []
+    assert np.isfinite(point.load).all()
+    # and asking again solves nothing (the worker runs in this process: same cache)
+    assert pipeline.presolve_operating_points(services(), [[0.07, False]]) == 0

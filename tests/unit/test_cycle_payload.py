@@ -473,3 +473,27 @@ def test_shards_grow_past_max_shards(
     assert size == expected
     if max_shards is not None:
         assert math.ceil(count / size) <= max_shards
+
+
+def test_presolved_goals_are_the_targets_distinct_goals_most_common_first() -> None:
+    from pacing.domain import Objective, TargetConfig
+    from pacing.pipeline import PRESOLVE_MAX_GOALS, operating_point_goals
+
+    # given
+    targets = [
+        *(TargetConfig(f"a-{i}", goal_percent=3) for i in range(5)),
+        *(
+            TargetConfig(f"b-{i}", goal_percent=85, objective=Objective.BUSY_FACTOR)
+            for i in range(3)
+        ),
+        TargetConfig("c-0", goal_percent=5),
+        *(TargetConfig(f"d-{i}", goal_percent=10 + i) for i in range(20)),
+    ]
+
+    # when
+    goals = operating_point_goals(targets)
+
+    # then
+    assert goals[:2] == [(0.03, False), (0.85, True)]
+    assert len(goals) == PRESOLVE_MAX_GOALS
+    assert len(set(goals)) == len(goals)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -350,3 +351,44 @@ def test_points_solved_by_one_cache_serve_another_unchanged() -> None:
     assert solver.export_fresh() == []  # exported once
     np.testing.assert_array_equal(read.load, solved.load)
     assert reader.absorb(*shared[0]) == 0  # nothing new the second time
+
+
+def test_a_presolved_grid_answers_every_lookup_inside_it_as_a_cold_cache_would() -> None:
+    # given
+    warm, cold = OperatingPoints(), OperatingPoints()
+    solved = warm.presolve(0.05, False, busy_ceiling=0.2, max_servers=40, ratio_octaves=(-2, 2))
+    warm.export_fresh()
+    rng = np.random.default_rng(11)
+    servers = rng.integers(1, 41, 200).astype(np.float64)
+    ratio = 2.0 ** rng.uniform(-1.9, 1.9, 200)
+    goal, busy = np.full(200, 0.05), np.zeros(200, dtype=bool)
+
+    # when
+    presolved = warm.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+    solving = cold.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+
+    # then: nothing was solved at lookup time, and the answers are the grid's
+    assert solved == 40 * (4 * 16 + 1)
+    assert warm.export_fresh() == []
+    assert len(warm) == solved
+    np.testing.assert_array_equal(presolved.load, solving.load)
+    np.testing.assert_array_equal(presolved.abandon_probability, solving.abandon_probability)
+    assert warm.presolve(0.05, False, busy_ceiling=0.2, max_servers=40, ratio_octaves=(-2, 2)) == 0
+
+
+def test_a_grid_point_has_one_value_whatever_it_was_solved_with() -> None:
+    # given: grid points solved all at once and in batches of assorted sizes
+    servers, ratio, goal, busy = grid_cases(2000, seed=8)
+    together = solve_operating_load(servers, ratio, goal, busy_factor=busy)
+    cuts = [0, 1, 2, 5, 13, 40, 97, 300, 301, 1000, 1777, 2000]
+
+    # when
+    apart = np.concatenate(
+        [
+            solve_operating_load(servers[i:j], ratio[i:j], goal[i:j], busy_factor=busy[i:j])
+            for i, j in itertools.pairwise(cuts)
+        ]
+    )
+
+    # then: bit for bit (a cache's answer must not depend on what was cached before)
+    np.testing.assert_array_equal(apart, together)

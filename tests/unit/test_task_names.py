@@ -25,6 +25,7 @@ TASK_NAMES = {
     "pacing.record_cycle",
     "pacing.record_leadership",
     "pacing.purge_history",
+    "pacing.presolve_operating_points",
 }
 
 
@@ -57,6 +58,7 @@ def test_each_task_function_carries_its_pinned_name() -> None:
         cycle.record_cycle.name,
         cycle.record_leadership.name,
         cycle.purge_history.name,
+        cycle.presolve_operating_points.name,
     }
 
     # then
