@@ -50,7 +50,8 @@ _ROOT_HALF_WIDTH = np.log(_HIGHEST_LOAD_PER_SLOT / _LOWEST_LOAD_PER_SLOT) / 2.0 
 )
 #: ITP's truncation δ = κ₁·width² (κ₂ = 2), width in log a. Measured on 2,000 grid points of the
 #: simulator's kind (N 1–250, r 2^±4, abandonment and busy goals): κ₁ = 0.5 needs 15 evaluations
-#: per point on average (bisection 44); 0.05 leaves one-sided regula falsi steps (40), 2.0 17.
+#: per point on average (bisection 44), 1.0 16, 2.0 17; the paper's 0.2/width ≈ 0.01 leaves
+#: one-sided regula falsi steps (most points took 45).
 _ITP_KAPPA = 0.5
 #: Goals are clipped to this range (a 0 % goal would mean no traffic at all, 100 % no limit).
 GOAL_RANGE = (1e-4, 0.999)
