@@ -213,14 +213,19 @@ def test_the_root_search_ends_where_bisection_does_in_a_third_of_the_evaluations
     assert len(evaluated) <= 45
 
 
+# Where Erlang-A is exact (1–400 slots, patience 50× shorter to 50× longer than handle times,
+# as checked against the birth–death chain above). Far outside it, e.g. 980 slots with visitors
+# 100,000× more patient, the truncated series makes P_ab jump down at ρ = 1, the predicate is
+# not monotone there, and two searches may stop at different crossings (test above: finite and
+# inside the bracket is what holds there).
 @settings(max_examples=40, deadline=None)
 @given(
-    servers=st.integers(1, 1000),
-    ratio=st.floats(1e-5, 1e5),
+    servers=st.integers(1, 400),
+    ratio=st.floats(0.02, 50.0),
     goal=st.floats(1e-4, 0.999),
     busy=st.booleans(),
 )
-def test_the_root_search_agrees_with_bisection_anywhere(
+def test_the_root_search_agrees_with_bisection_where_erlang_a_is_exact(
     servers: int, ratio: float, goal: float, busy: bool
 ) -> None:
     # given
