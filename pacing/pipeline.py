@@ -208,6 +208,14 @@ def operating_point_goals(targets: Sequence[TargetConfig]) -> list[tuple[float, 
     return [pair for pair, _ in counts.most_common(PRESOLVE_MAX_GOALS)]
 
 
+def goals_to_presolve(services: Services, plan: PlannedCycle) -> list[tuple[float, bool]]:
+    """The goals to presolve after ``plan``: the targets' when this node just took the lease or
+    the targets changed, else none."""
+    if not (plan.targets_changed or plan.outcome.new_leader):
+        return []
+    return operating_point_goals(services.enabled_targets())
+
+
 def presolve_operating_points(services: Services, goals: Sequence[Sequence[Any]]) -> int:
     """Solve the Erlang-A operating-point grid of ``goals`` ahead of the cycles and share it.
 
@@ -265,8 +273,8 @@ def run_cycle_in_process(services: Services, *, node: str) -> CycleRecord | None
     plan = plan_cycle(services, node=node)
     if plan.context is None:
         return None
-    if plan.targets_changed or plan.outcome.new_leader:  # as pacing.refresh does, but inline
-        presolve_operating_points(services, operating_point_goals(services.enabled_targets()))
+    if goals := goals_to_presolve(services, plan):  # pacing.refresh sends it as a task
+        presolve_operating_points(services, goals)
     seq = plan.context.seq
     results = [
         run_shard(services, seq=seq, shard=index, rows=digest).to_json()

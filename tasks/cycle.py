@@ -95,8 +95,7 @@ def refresh(node: str) -> str:
         for index, (rows, digest) in enumerate(zip(shards, plan.digests, strict=True))
     ]
     chord(header)(body)
-    if plan.targets_changed or outcome.new_leader:
-        goals = pipeline.operating_point_goals(svc.enabled_targets())
+    if goals := pipeline.goals_to_presolve(svc, plan):
         presolve_operating_points.apply_async((goals,), expires=deadline)
     return "leader"
 

@@ -324,8 +324,7 @@ class OperatingPoints:
         position = np.clip(np.nan_to_num(position, nan=0.0), -limit, limit - 1)
         lower = np.floor(position)
         weight = position - lower
-        low_goal, high_goal = GOAL_RANGE
-        g_index = np.rint(np.clip(goal, low_goal, high_goal) * _GOAL_STEPS).astype(np.int64)
+        g_index = _goal_index(goal)
         objective = np.asarray(busy_factor, dtype=np.int64)
         r_index = lower.astype(np.int64)
         found = self._grid(
@@ -355,8 +354,7 @@ class OperatingPoints:
         Lookups there never solve afterwards, so a cycle pays nothing for targets that leave
         cold start or whose estimates drift. Each value is the one a lookup would solve.
         """
-        low_goal, high_goal = GOAL_RANGE
-        g_index = int(np.rint(np.clip(goal, low_goal, high_goal) * _GOAL_STEPS))
+        g_index = _goal_index(np.array([goal]))
         limit = _RATIO_OCTAVES * _RATIO_STEPS
         r_steps = np.arange(
             max(ratio_octaves[0] * _RATIO_STEPS, -limit),
@@ -368,22 +366,13 @@ class OperatingPoints:
         keys = _key(
             n_grid,
             r_grid,
-            np.full(n_grid.size, g_index, dtype=np.int64),
+            np.repeat(g_index, n_grid.size),
             np.full(n_grid.size, int(busy_factor), dtype=np.int64),
         )
         known = self._keys.get(busy_ceiling, np.empty(0, dtype=np.int64))
         missing = np.flatnonzero(~_found(known, keys))
         for start in range(0, missing.size, chunk):
-            rows = missing[start : start + chunk]
-            values = _solve_quantised(
-                n_grid[rows].astype(np.float64),
-                np.exp2(r_grid[rows] / _RATIO_STEPS),
-                np.full(rows.size, g_index / _GOAL_STEPS),
-                busy_factor=np.full(rows.size, busy_factor),
-                busy_ceiling=busy_ceiling,
-            )
-            self._store(busy_ceiling, keys[rows], values)
-            self._fresh.append((busy_ceiling, keys[rows], values))
+            self._solve(busy_ceiling, keys[missing[start : start + chunk]])
         return int(missing.size)
 
     def _grid(
@@ -420,23 +409,28 @@ class OperatingPoints:
             o_near = np.repeat(objective[rows], spread)
             near = _key(n_near, r_near, g_near, o_near)
             new = ~_found(keys, near)
-            missing, first = np.unique(near[new], return_index=True)
-            chosen = np.flatnonzero(new)[first]
-            solved = _solve_quantised(
-                n_near[chosen].astype(np.float64),
-                np.exp2(r_near[chosen] / _RATIO_STEPS),
-                g_near[chosen] / _GOAL_STEPS,
-                busy_factor=o_near[chosen] == 1,
-                busy_ceiling=busy_ceiling,
-            )
-            self._store(busy_ceiling, missing, solved)
-            self._fresh.append((busy_ceiling, missing, solved))
+            missing = np.unique(near[new])
+            self._solve(busy_ceiling, missing)
             keys, values = self._keys[busy_ceiling], self._values[busy_ceiling]
         position = np.searchsorted(keys, key)
         if not (position < keys.size).all() or not np.array_equal(keys[position], key):
             raise AssertionError("an operating point was looked up before it was solved")
         grid_values: Array = values[position]
         return grid_values
+
+    def _solve(self, busy_ceiling: float, keys: NDArray[np.int64]) -> None:
+        """Solve the grid points ``keys`` (distinct, not cached yet), cache them and keep them
+        for :meth:`export_fresh`."""
+        n_index, r_index, g_index, objective = _unkey(keys)
+        solved = _solve_quantised(
+            n_index.astype(np.float64),
+            np.exp2(r_index / _RATIO_STEPS),
+            g_index / _GOAL_STEPS,
+            busy_factor=objective == 1,
+            busy_ceiling=busy_ceiling,
+        )
+        self._store(busy_ceiling, keys, solved)
+        self._fresh.append((busy_ceiling, keys, solved))
 
     def _store(self, busy_ceiling: float, new_keys: NDArray[np.int64], new_values: Array) -> None:
         """Merge points whose keys are not cached yet, keeping the keys sorted."""
@@ -461,6 +455,12 @@ _NEAR_DN = np.repeat(_NEAR_N, _NEAR_R.size)
 _NEAR_DR = np.tile(_NEAR_R, _NEAR_N.size)
 
 
+def _goal_index(goal: Array) -> NDArray[np.int64]:
+    """Goals quantised to the grid's steps (clipped to GOAL_RANGE)."""
+    low_goal, high_goal = GOAL_RANGE
+    return np.rint(np.clip(goal, low_goal, high_goal) * _GOAL_STEPS).astype(np.int64)
+
+
 def _key(
     n_index: NDArray[np.int64],
     r_index: NDArray[np.int64],
@@ -470,6 +470,17 @@ def _key(
     limit = _RATIO_OCTAVES * _RATIO_STEPS
     key = (n_index * (2 * limit + 1) + (r_index + limit)) * (_GOAL_STEPS + 1) + g_index
     return key * 2 + objective
+
+
+def _unkey(
+    key: NDArray[np.int64],
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """(N, r step, goal step, objective) of grid keys: the inverse of :func:`_key`."""
+    limit = _RATIO_OCTAVES * _RATIO_STEPS
+    rest, objective = np.divmod(key, 2)
+    rest, g_index = np.divmod(rest, _GOAL_STEPS + 1)
+    n_index, r_offset = np.divmod(rest, 2 * limit + 1)
+    return n_index, r_offset - limit, g_index, objective
 
 
 def _found(keys: NDArray[np.int64], wanted: NDArray[np.int64]) -> NDArray[np.bool_]:
