@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 _TARGET_FIELDS = tuple(f.name for f in fields(TargetConfig))
 
-#: shards whose rows a process keeps (100,000 targets in shards of 1,000 are 100 of them)
+#: shards whose rows a process keeps: a cycle has at most max_shards of them (40 by default),
+#: the rest are cuts of target lists that have changed since
 SHARD_TARGETS_KEPT = 1000
 TARGETS_CACHE_SECONDS = 10.0  # a target enabled with the CLI starts being paced within this time
 

@@ -55,14 +55,18 @@ class Settings(BaseSettings):
     refresh_period_seconds: float = Field(default=2.0, ge=0.2, le=60.0)
     lease_ttl_seconds: float | None = Field(default=None, gt=0)  # None: 3 × refresh period
     cycle_deadline_seconds: float | None = Field(default=None, gt=0)  # None: 2 × refresh period
-    # 1,000: a shard costs a Celery task, a Stat Server request and two Redis round trips
-    # whatever its size, so at 250 those fixed costs were half of a 10,000-target cycle; 1,000
-    # still gives each of 2 worker processes 5 shards to balance (benchmarks/cycle.py).
-    shard_size: int = Field(default=1000, ge=1, le=5000)
+    # 2,500: a shard costs a Celery task (and its events), a Stat Server request, a pace() call
+    # and three Redis round trips whatever its size. At 10,000 targets on 2 worker processes
+    # (benchmarks/cycle.py and per-process CPU from /proc, side by side): shards of 250 paid
+    # half the cycle in those fixed costs; 1,000 → 458–481 ms of CPU a cycle, 2,500 → 380–384
+    # (−20 %), and the 1 → 2 process speed-up with the Stat Server 20 ms away was 1.71 in two
+    # runs at 2,500 against 1.61 at 1,000: four shards still keep both processes busy.
+    shard_size: int = Field(default=2500, ge=1, le=5000)
     # Past max_shards × shard_size targets the shards grow instead of multiplying: the leader's
     # refresh sends one task message per shard (about 5 ms each with the task-sent events
     # Flower shows), so 100 shards of 1,000 held a worker process for half a second of a
     # 100,000-target cycle; 40 of 2,500 measured 3.0 s a cycle against 4.9 s (benchmarks/cycle.py).
+    # With shards of 2,500 the two limits meet at 100,000 targets.
     max_shards: int = Field(default=40, ge=1)
     full_snapshot_every: int = Field(default=30, ge=1)
     stats_max_age_seconds: float | None = Field(default=None, gt=0)  # None: 3 × refresh period

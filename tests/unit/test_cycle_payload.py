@@ -253,6 +253,9 @@ def test_channel_sums_add_budget_and_ready_capacity_per_channel() -> None:
         "chat": {"proactive_budget": 3, "ready_capacity": 3, "target_count": 3},
         "callback": {"proactive_budget": 5, "ready_capacity": 7, "target_count": 1},
     }
+    # and the channels come in order of first appearance, with plain ints (they go into JSON)
+    assert list(sums) == ["chat", "callback"]
+    assert {type(value) for entry in sums.values() for value in entry.values()} == {int}
 
 
 # --- payload -------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_defaults_are_a_development_stack_on_loopback() -> None:
     assert settings.is_development
     assert settings.node_name == socket.gethostname()
     assert settings.refresh_period_seconds == 2.0
-    assert settings.shard_size == 1000
+    assert settings.shard_size == 2500
     assert settings.full_snapshot_every == 30
     assert settings.history_retention_days == 30
     assert settings.engagement_verify_tls is True
@@ -147,7 +147,7 @@ def test_settings_are_frozen() -> None:
     # when / then
     with pytest.raises(pydantic.ValidationError):
         settings.shard_size = 10  # type: ignore[misc]
-    assert settings.shard_size == 1000
+    assert settings.shard_size == 2500
 
 
 # --- the cross-field rules ---------------------------------------------------------------------
@@ -566,7 +566,7 @@ def test_redacted_hides_secrets_and_url_passwords() -> None:
     assert shown["broker_url"] == "redis://:***@redis.example:6379/3"
     assert shown["database_url"] == "postgresql+psycopg://pacing:***@db.example:5432/pacing"
     assert shown["client_id"] == "pacing"
-    assert shown["shard_size"] == 1000
+    assert shown["shard_size"] == 2500
     assert set(shown) == set(Settings.model_fields)
 
 
