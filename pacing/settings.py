@@ -59,8 +59,10 @@ class Settings(BaseSettings):
     # and three Redis round trips whatever its size. At 10,000 targets on 2 worker processes
     # (benchmarks/cycle.py and per-process CPU from /proc, side by side): shards of 250 paid
     # half the cycle in those fixed costs; 1,000 → 458–481 ms of CPU a cycle, 2,500 → 380–384
-    # (−20 %), and the 1 → 2 process speed-up with the Stat Server 20 ms away was 1.71 in two
-    # runs at 2,500 against 1.61 at 1,000: four shards still keep both processes busy.
+    # (−20 %), and the cycle is faster with or without network latency. The price: with the
+    # Stat Server 20 ms away, 1 → 2 processes speed a cycle up less (1.43–1.71 in five runs at
+    # 2,500, 1.61 at 1,000, 1.97 at 1,250): a deployment that scales out against a distant
+    # Stat Server may want smaller shards (README, Performance).
     shard_size: int = Field(default=2500, ge=1, le=5000)
     # Past max_shards × shard_size targets the shards grow instead of multiplying: the leader's
     # refresh sends one task message per shard (about 5 ms each with the task-sent events
