@@ -110,6 +110,10 @@ class Keys:
         """How cycle ``seq``'s publish ended, written after the POST over its staged record."""
         return f"{self.prefix}:audit:{seq}:outcome"
 
+    def audit_settled(self, seq: int) -> str:
+        """A list pushed to when cycle ``seq``'s outcome is written: wakes its waiting audit."""
+        return f"{self.prefix}:audit:{seq}:settled"
+
     @property
     def audit_pending(self) -> str:
         """Sorted set of seqs whose audit record is not in the database yet (score: time)."""

@@ -63,6 +63,7 @@ from pacing.statistics import COLUMN, StatisticsBatch
 logger = logging.getLogger(__name__)
 
 AUDIT_RETENTION_SECONDS = 7 * 24 * 3600  # an audit record waits this long for the database
+AUDIT_SETTLED_SECONDS = 600  # the wake-up of an audit waiting for its outcome, if none took it
 PUBLISH_RETRY_PAUSE_SECONDS = 0.2
 
 _STAT_FIELDS = (
@@ -462,11 +463,12 @@ def publish_cycle(
     """Merge, fence, publish and stage the audit record of one cycle (design.md §2).
 
     Returns the audit record, already stored in Redis for ``pacing.record_cycle``.
-    ``audit_ready(seq)`` is called as soon as the record and the publish outcome are in Redis,
-    before the feedback the receiver returned is validated and stored: the audit task then
-    writes the history while this one handles up to one feedback entry per target (at 100,000
-    targets a good part of the publish stage). The next cycle still starts only after the
-    feedback is stored. Without ``audit_ready`` the caller hands the record over itself.
+    ``audit_ready(seq)`` is called as soon as the record is staged, just before the POST: an
+    audit task on another worker process writes its rows while the POST is in flight, waits
+    for the outcome written after it (:func:`write_audit`) and commits at once, while this
+    task stores the feedback the receiver returned. (One process alone runs the audit after
+    this task, when the outcome is known.) The next cycle still starts only after the feedback
+    is stored. Without ``audit_ready`` the caller hands the record over itself.
     """
     settings, clock, keys = services.settings, services.clock, services.keys
     deadline = context.started_at + settings.cycle_deadline
@@ -523,7 +525,10 @@ def publish_cycle(
         merge_ms=merge_ms,
         publish_ms=None,
     )
-    stage_audit(services, staged)
+    # the POST ends by the deadline plus one attempt's timeouts; the audit waits for it no longer
+    stage_audit(services, staged, outcome_due=deadline + _attempt_seconds(settings) + 1.0)
+    if audit_ready is not None:
+        audit_ready(context.seq)
     publish_started = time.perf_counter()
     status, failure, ack = _fenced_post(
         services, context, body=body, deadline=deadline, sleep=sleep
@@ -561,12 +566,15 @@ def publish_cycle(
         published_at=clock() if status == "published" else None,
         publish_ms=publish_ms,
     )
-    # the staged record keeps its decisions; only the small outcome is written over it
-    services.redis.set(
+    # the staged record keeps its decisions; only the small outcome is written over it, and a
+    # waiting audit task is woken
+    settled = services.redis.pipeline(transaction=True)
+    settled.set(
         keys.audit_outcome(context.seq), orjson.dumps(outcome.to_json()), ex=AUDIT_RETENTION_SECONDS
     )
-    if audit_ready is not None:
-        audit_ready(context.seq)
+    settled.rpush(keys.audit_settled(context.seq), 1)
+    settled.expire(keys.audit_settled(context.seq), AUDIT_SETTLED_SECONDS)
+    settled.execute()
     if ack is not None:
         _store_feedback(services, ack, context)
     return _finish(
@@ -904,43 +912,108 @@ def _finish(
     return record
 
 
-def stage_audit(services: Services, record: CycleRecord) -> None:
-    """Keep ``record`` in Redis until ``pacing.record_cycle`` has written it to the database."""
+def stage_audit(
+    services: Services, record: CycleRecord, *, outcome_due: float | None = None
+) -> None:
+    """Keep ``record`` in Redis until ``pacing.record_cycle`` has written it to the database.
+
+    ``outcome_due`` (Unix seconds): the record is staged before its publish, whose outcome will
+    be written over it by then; until then :func:`write_audit` waits for it.
+    """
+    data = record.to_json()
+    if outcome_due is not None:
+        data["outcome_due"] = outcome_due
     pipe = services.redis.pipeline(transaction=True)
-    pipe.set(
-        services.keys.audit(record.seq), orjson.dumps(record.to_json()), ex=AUDIT_RETENTION_SECONDS
-    )
+    pipe.set(services.keys.audit(record.seq), orjson.dumps(data), ex=AUDIT_RETENTION_SECONDS)
     pipe.zadd(services.keys.audit_pending, {str(record.seq): services.clock()})
     pipe.execute()
 
 
-def load_audit(services: Services, seq: int) -> CycleRecord | None:
-    """The staged audit record of ``seq`` with its publish outcome, or None if it was already
-    written."""
+@dataclass(frozen=True, slots=True)
+class StagedAudit:
+    """A staged audit record: with its publish outcome applied, or still waiting for it until
+    ``outcome_due`` (then the staged status, ``in_doubt``, stands: the publisher stopped)."""
+
+    record: CycleRecord
+    settled: bool
+    outcome_due: float | None
+
+
+def load_staged_audit(services: Services, seq: int) -> StagedAudit | None:
+    """The staged audit record of ``seq``, or None if it was already written."""
     raw, outcome = services.redis.mget(services.keys.audit(seq), services.keys.audit_outcome(seq))
     if not raw:
         return None
-    record = CycleRecord.from_json(orjson.loads(raw))
+    data = orjson.loads(raw)
+    record = CycleRecord.from_json(data)
+    due = data.get("outcome_due")
     if outcome:
-        record = AuditOutcome.from_json(orjson.loads(outcome)).applied_to(record)
-    return record
+        settled = AuditOutcome.from_json(orjson.loads(outcome)).applied_to(record)
+        return StagedAudit(settled, settled=True, outcome_due=due)
+    return StagedAudit(record, settled=due is None, outcome_due=due)
+
+
+def load_audit(services: Services, seq: int) -> CycleRecord | None:
+    """The staged audit record of ``seq`` with its publish outcome if it has one yet, or None if
+    it was already written."""
+    staged = load_staged_audit(services, seq)
+    return None if staged is None else staged.record
 
 
 def write_audit(services: Services, seq: int) -> bool:
-    """Write the staged audit record of ``seq`` to the history; False if already written."""
-    record = load_audit(services, seq)
-    if record is None:
+    """Write the staged audit record of ``seq`` to the history; False if already written.
+
+    A record whose publish has not ended yet is written all the same, in a transaction that
+    waits for the outcome (until the record's ``outcome_due``) and commits right after it.
+    """
+    staged = load_staged_audit(services, seq)
+    if staged is None:
         return False  # written by an earlier delivery
-    inserted = record_cycle(services.history, record)
+    due = staged.outcome_due
+    if staged.settled or due is None or services.clock() >= due:
+        inserted = record_cycle(services.history, staged.record)
+    else:
+        inserted = record_cycle(
+            services.history,
+            staged.record,
+            settle=lambda record: _await_outcome(services, record, due),
+        )
     forget_audit(services, seq)
     return inserted
 
 
+def _await_outcome(services: Services, record: CycleRecord, due: float) -> CycleRecord:
+    """``record`` with its publish outcome once the publisher writes it, or as staged
+    (``in_doubt``) if ``due`` passes first."""
+    keys, seq = services.keys, record.seq
+    while True:
+        raw = services.redis.get(keys.audit_outcome(seq))
+        if raw:
+            return AuditOutcome.from_json(orjson.loads(raw)).applied_to(record)
+        left = due - services.clock()
+        if left <= 0:
+            logger.warning(
+                "no publish outcome by its due time; recorded as in doubt",
+                extra={"seq": seq, "epoch": record.epoch},
+            )
+            return record
+        # woken by the publisher's push; short waits stay inside the client's socket timeout
+        services.redis.blpop([keys.audit_settled(seq)], timeout=min(left, 1.0))
+
+
 def forget_audit(services: Services, seq: int) -> None:
     pipe = services.redis.pipeline(transaction=True)
-    pipe.delete(services.keys.audit(seq), services.keys.audit_outcome(seq))
+    pipe.delete(
+        services.keys.audit(seq), services.keys.audit_outcome(seq), services.keys.audit_settled(seq)
+    )
     pipe.zrem(services.keys.audit_pending, str(seq))
     pipe.execute()
+
+
+def _attempt_seconds(settings: Settings) -> float:
+    """The longest one publish attempt can take: an OAuth token request, then the POST, each
+    capped at the connect plus the read timeout."""
+    return 2 * (settings.http_connect_timeout_seconds + settings.http_read_timeout)
 
 
 def _short(error: Exception) -> str:

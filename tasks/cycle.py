@@ -136,7 +136,8 @@ def publish_cycle(results: list[dict[str, Any]], context: dict[str, Any]) -> Non
     handed: list[int] = []
 
     def audit_ready(seq: int) -> None:
-        # as soon as the outcome is in Redis: the audit runs while the feedback is stored
+        # as soon as the record is staged: another process writes its rows during the POST
+        # and commits once the outcome is in Redis, while this one stores the feedback
         record_cycle.delay(seq)
         handed.append(seq)
 

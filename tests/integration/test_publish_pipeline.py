@@ -219,32 +219,46 @@ def test_a_published_cycle_stores_feedback_and_lets_the_next_cycle_start(
     assert start_cycle(services).seq == context.seq + 1
 
 
-def test_the_audit_is_handed_over_with_its_outcome_before_the_feedback_is_stored(
-    services: Services,
+def test_the_audit_is_handed_over_before_the_post_and_settled_before_the_feedback_is_stored(
+    services: Services, stub: HttpStub
 ) -> None:
     # given
     context = start_cycle(services)
-    seen: list[tuple[int, dict[str, Any] | None, bool]] = []
+    seen: list[tuple[int, dict[str, Any] | None, int]] = []
+    settled_with_feedback_missing: list[bool] = []
 
     def audit_ready(seq: int) -> None:
+        seen.append((seq, stored_json(services, seq), len(stub.requests_to(PUBLISH_PATH))))
+
+    real_store = pipeline._store_feedback
+
+    def store_feedback(*args: Any) -> None:
         _, feedback = services.state.load(["a"], width=1)
-        seen.append((seq, stored_json(services, seq), bool(np.isnan(feedback[0]).all())))
+        settled = services.redis.exists(services.keys.audit_outcome(context.seq)) > 0
+        settled_with_feedback_missing.append(settled and bool(np.isnan(feedback[0]).all()))
+        real_store(*args)
 
     # when
-    pipeline.publish_cycle(
-        services,
-        shard_results(context, BUDGETS),
-        context,
-        sleep=_no_sleep,
-        audit_ready=audit_ready,
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "_store_feedback", store_feedback)
+        pipeline.publish_cycle(
+            services,
+            shard_results(context, BUDGETS),
+            context,
+            sleep=_no_sleep,
+            audit_ready=audit_ready,
+        )
 
-    # then: the audit task could read the published record; the feedback came after
-    [(seq, record, feedback_missing)] = seen
+    # then: the audit task could begin on the staged record before anything was sent …
+    [(seq, record, posts)] = seen
     assert seq == context.seq
     assert record is not None
-    assert record["publish_status"] == "published"
-    assert feedback_missing
+    assert record["publish_status"] == "in_doubt"
+    assert posts == 0
+    # … and its outcome (woken by the push) was in Redis before the feedback was stored
+    assert settled_with_feedback_missing == [True]
+    assert services.redis.lrange(services.keys.audit_settled(context.seq), 0, -1) == [b"1"]
+    assert stored_json(services, context.seq)["publish_status"] == "published"  # type: ignore[index]
     _, feedback = services.state.load(["a"], width=1)
     assert feedback[0].tolist() == [10.0, 3.0, 9.0, 1.0]
 
