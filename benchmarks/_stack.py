@@ -40,6 +40,7 @@ from pacing.localstack import (
     import_simulator_targets,
     redis_answers,
     redis_server_binary,
+    redis_server_command,
 )
 from pacing.settings import ENV_PREFIX, Settings, load_settings
 from tests.reliability.harness import children, free_port
@@ -148,21 +149,7 @@ class BenchStack:
         data = self.workdir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         server = self._servers.spawn(
-            "redis",
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.redis_port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(data),
-            ],
-            self.env,
+            "redis", redis_server_command(binary, port=self.redis_port, data_dir=data), self.env
         )
         self._wait(lambda: redis_answers(self.broker_url), server, "redis-server")
         self.app = self._celery_client()

@@ -130,6 +130,23 @@ def redis_server_binary() -> str | None:
     return str(binary) if binary else None
 
 
+def redis_server_command(binary: str, *, port: int, data_dir: Path) -> list[str]:
+    """A throwaway redis-server on loopback: no snapshots, no append-only file."""
+    return [
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data_dir),
+    ]
+
+
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -203,23 +220,7 @@ def _start(
             )
         data_dir = stack.workdir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
-        stack.spawn(
-            "redis",
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(data_dir),
-            ],
-            env,
-        )
+        stack.spawn("redis", redis_server_command(binary, port=port, data_dir=data_dir), env)
         wait_until(lambda: redis_answers(settings.broker_url), timeout=15, what="Redis")
         echo(f"Redis        redis://127.0.0.1:{port} (started by pacing up)")
 
