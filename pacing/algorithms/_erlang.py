@@ -26,6 +26,7 @@ points. The answer never depends on what was cached before: every grid point has
 from __future__ import annotations
 
 import math
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -261,30 +262,38 @@ def solve_operating_load(
     return np.where(busy, np.exp(high), np.exp(low))
 
 
+_EMPTY_TABLE: tuple[NDArray[np.int64], Array] = (np.empty(0, dtype=np.int64), np.empty((0, 2)))
+
+
 class OperatingPoints:
     """A cache of operating points keyed on (N, quantised r, quantised goal, objective).
 
     One instance per process (:data:`OPERATING_POINTS`); lookups are vectorised with a sorted key
     array, and only the distinct missing keys are solved. ``busy_ceiling`` is the abandonment
     ceiling of BUSY_FACTOR rows (a parameter, so it keys the cache too).
+
+    Safe for the threads of one process (a ``--pool threads`` worker): each ceiling's sorted keys
+    and their values are one tuple, replaced whole under a lock, so a reader always holds a
+    matching pair and two threads storing at once lose nothing.
     """
 
     def __init__(self) -> None:
-        self._keys: dict[float, NDArray[np.int64]] = {}
-        self._values: dict[float, Array] = {}
+        self._tables: dict[float, tuple[NDArray[np.int64], Array]] = {}
+        self._lock = threading.Lock()
         # points solved here and not yet handed to export_fresh(): other processes' caches
         # can absorb them instead of solving them again
         self._fresh: list[tuple[float, NDArray[np.int64], Array]] = []
 
     def clear(self) -> None:
         """Forget everything (tests; and automatically past _CACHE_LIMIT entries)."""
-        self._keys.clear()
-        self._values.clear()
-        self._fresh.clear()
+        with self._lock:
+            self._tables.clear()
+            self._fresh.clear()
 
     def export_fresh(self) -> list[tuple[float, NDArray[np.int64], Array]]:
         """The (busy ceiling, keys, (a*, P_ab*) rows) solved since the last call."""
-        fresh, self._fresh = self._fresh, []
+        with self._lock:
+            fresh, self._fresh = self._fresh, []
         return fresh
 
     def absorb(self, busy_ceiling: float, keys: NDArray[np.int64], values: Array) -> int:
@@ -292,7 +301,7 @@ class OperatingPoints:
 
         Returns how many were new here. Keys already cached keep their value.
         """
-        known = self._keys.get(busy_ceiling, np.empty(0, dtype=np.int64))
+        known, _ = self._table(busy_ceiling)
         new = ~_found(known, keys)
         if not new.any():
             return 0
@@ -300,8 +309,16 @@ class OperatingPoints:
         self._store(busy_ceiling, keys, values[new][first])
         return int(keys.size)
 
+    def keys(self, busy_ceiling: float) -> NDArray[np.int64]:
+        """The sorted keys cached for ``busy_ceiling``."""
+        return self._table(busy_ceiling)[0]
+
     def __len__(self) -> int:
-        return sum(len(keys) for keys in self._keys.values())
+        with self._lock:
+            return sum(len(keys) for keys, _ in self._tables.values())
+
+    def _table(self, busy_ceiling: float) -> tuple[NDArray[np.int64], Array]:
+        return self._tables.get(busy_ceiling, _EMPTY_TABLE)
 
     def lookup(
         self,
@@ -369,7 +386,7 @@ class OperatingPoints:
             np.repeat(g_index, n_grid.size),
             np.full(n_grid.size, int(busy_factor), dtype=np.int64),
         )
-        known = self._keys.get(busy_ceiling, np.empty(0, dtype=np.int64))
+        known, _ = self._table(busy_ceiling)
         missing = np.flatnonzero(~_found(known, keys))
         for start in range(0, missing.size, chunk):
             self._solve(busy_ceiling, keys[missing[start : start + chunk]])
@@ -392,10 +409,17 @@ class OperatingPoints:
         an agent or two then hit.
         """
         key = _key(n_index, r_index, g_index, objective)
-        keys = self._keys.get(busy_ceiling, np.empty(0, dtype=np.int64))
-        values = self._values.get(busy_ceiling, np.empty((0, 2)))
-        hit = _found(keys, key)
-        if not hit.all():
+        keys, values = self._table(busy_ceiling)
+        # Normally one pass. A second one only if the table that took the solved points was
+        # emptied first (past _CACHE_LIMIT, here or by another thread) and lost the hits.
+        passes = 0
+        while not (hit := _found(keys, key)).all():
+            if passes == 2:
+                raise RuntimeError(
+                    f"One lookup needs more operating points than the cache holds "
+                    f"({_CACHE_LIMIT:,}); look up fewer rows at a time."
+                )
+            passes += 1
             rows = np.flatnonzero(~hit)
             # every missing row with each of its neighbours: row-major (row, ΔN, Δr), so that
             # the first neighbour of each row is the row's own point
@@ -410,17 +434,16 @@ class OperatingPoints:
             near = _key(n_near, r_near, g_near, o_near)
             new = ~_found(keys, near)
             missing = np.unique(near[new])
-            self._solve(busy_ceiling, missing)
-            keys, values = self._keys[busy_ceiling], self._values[busy_ceiling]
-        position = np.searchsorted(keys, key)
-        if not (position < keys.size).all() or not np.array_equal(keys[position], key):
-            raise AssertionError("an operating point was looked up before it was solved")
-        grid_values: Array = values[position]
+            # the table the solved points went into, whatever other threads store meanwhile
+            keys, values = self._solve(busy_ceiling, missing)
+        grid_values: Array = values[np.searchsorted(keys, key)]
         return grid_values
 
-    def _solve(self, busy_ceiling: float, keys: NDArray[np.int64]) -> None:
+    def _solve(
+        self, busy_ceiling: float, keys: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], Array]:
         """Solve the grid points ``keys`` (distinct, not cached yet), cache them and keep them
-        for :meth:`export_fresh`."""
+        for :meth:`export_fresh`; returns the ceiling's table that holds them."""
         n_index, r_index, g_index, objective = _unkey(keys)
         solved = _solve_quantised(
             n_index.astype(np.float64),
@@ -429,19 +452,28 @@ class OperatingPoints:
             busy_factor=objective == 1,
             busy_ceiling=busy_ceiling,
         )
-        self._store(busy_ceiling, keys, solved)
-        self._fresh.append((busy_ceiling, keys, solved))
+        table = self._store(busy_ceiling, keys, solved)
+        with self._lock:
+            self._fresh.append((busy_ceiling, keys, solved))
+        return table
 
-    def _store(self, busy_ceiling: float, new_keys: NDArray[np.int64], new_values: Array) -> None:
-        """Merge points whose keys are not cached yet, keeping the keys sorted."""
-        keys = self._keys.get(busy_ceiling, np.empty(0, dtype=np.int64))
-        values = self._values.get(busy_ceiling, np.empty((0, 2)))
-        if keys.size + new_keys.size > _CACHE_LIMIT:
-            keys, values = np.empty(0, dtype=np.int64), np.empty((0, 2))
-        keys = np.concatenate([keys, new_keys])
-        values = np.concatenate([values, new_values])
-        order = np.argsort(keys, kind="stable")
-        self._keys[busy_ceiling], self._values[busy_ceiling] = keys[order], values[order]
+    def _store(
+        self, busy_ceiling: float, new_keys: NDArray[np.int64], new_values: Array
+    ) -> tuple[NDArray[np.int64], Array]:
+        """Merge points into the ceiling's table, keeping the keys sorted and distinct (another
+        thread may have stored some of them since the caller looked); returns the new table."""
+        with self._lock:
+            keys, values = self._table(busy_ceiling)
+            fresh = ~_found(keys, new_keys)
+            new_keys, new_values = new_keys[fresh], new_values[fresh]
+            if keys.size + new_keys.size > _CACHE_LIMIT:
+                keys, values = _EMPTY_TABLE
+            keys = np.concatenate([keys, new_keys])
+            values = np.concatenate([values, new_values])
+            order = np.argsort(keys, kind="stable")
+            table = (keys[order], values[order])
+            self._tables[busy_ceiling] = table
+            return table
 
 
 # N ± 2 and r ± 4 steps (a quarter octave): 45 points per missing row. Measured on the

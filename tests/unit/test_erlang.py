@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -397,3 +398,57 @@ def test_a_grid_point_has_one_value_whatever_it_was_solved_with() -> None:
 
     # then: bit for bit (a cache's answer must not depend on what was cached before)
     np.testing.assert_array_equal(apart, together)
+
+
+def test_threads_storing_at_once_lose_no_point() -> None:
+    # given: one cache shared by threads (a --pool threads worker), each presolving its own goal
+    cache = OperatingPoints()
+    goals = [0.03, 0.05, 0.07, 0.1]
+    solved: list[int] = []
+
+    def presolve(goal: float) -> None:
+        solved.append(
+            cache.presolve(
+                goal, False, busy_ceiling=0.2, max_servers=64, ratio_octaves=(-2, 2), chunk=97
+            )  # many small stores, to interleave them
+        )
+
+    # when
+    threads = [threading.Thread(target=presolve, args=(goal,)) for goal in goals]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then: every thread's points are cached, once each, and none is solved again
+    assert solved == [64 * (4 * 16 + 1)] * len(goals)
+    assert len(cache) == sum(solved)
+    keys = cache.keys(0.2)
+    assert np.all(np.diff(keys) > 0)
+    assert all(
+        cache.presolve(goal, False, busy_ceiling=0.2, max_servers=64, ratio_octaves=(-2, 2)) == 0
+        for goal in goals
+    )
+
+
+def test_a_lookup_that_fills_the_cache_past_its_limit_still_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given: a small limit, and a cache holding some of the rows' points and much else
+    monkeypatch.setattr(erlang_module, "_CACHE_LIMIT", 400)
+    servers = np.array([5.0, 30.0, 100.0, 7.0])
+    ratio = np.array([0.3, 1.0, 2.0, 0.05])
+    goal = np.full(4, 0.05)
+    busy = np.zeros(4, dtype=bool)
+    cache = OperatingPoints()
+    cache.lookup(servers[:2], ratio[:2], goal[:2], busy_factor=busy[:2], busy_ceiling=0.2)
+    cache.presolve(0.03, False, busy_ceiling=0.2, max_servers=8, ratio_octaves=(-1, 1))
+    assert len(cache) > 400 - 2 * 45  # the next solve empties the table before storing
+
+    # when: the hits are cached, the misses' store empties the table first
+    found = cache.lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+
+    # then: the answers are a cold cache's (once an AssertionError: the hits were gone)
+    cold = OperatingPoints().lookup(servers, ratio, goal, busy_factor=busy, busy_ceiling=0.2)
+    np.testing.assert_array_equal(found.load, cold.load)
+    np.testing.assert_array_equal(found.abandon_probability, cold.abandon_probability)
