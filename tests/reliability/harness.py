@@ -520,6 +520,20 @@ class Cluster:
         node = self.nodes[name]
         return all(p.popen.poll() is None for p in node.processes)
 
+    def nodes_alive(self) -> dict[str, Any]:
+        """``nodes_alive`` for a fault's details, and, when a process of a node has exited, its
+        exit status and the end of its log (the cluster's directory is gone after the run)."""
+        dead = {
+            process.name: {
+                "returncode": process.popen.returncode,
+                "log_tail": _tail(process.log_path),
+            }
+            for node in self.nodes.values()
+            for process in node.processes
+            if process.popen.poll() is not None
+        }
+        return {"nodes_alive": not dead, **({"dead_processes": dead} if dead else {})}
+
     def signal_node(self, name: str, signum: int) -> list[int]:
         """Send ``signum`` to the whole process groups of ``name``'s worker and beat."""
         pgids = []
@@ -871,7 +885,7 @@ def fault_restart_redis(cluster: Cluster, **_: Any) -> FaultResult:
     result.details.update(
         epoch_before=epoch_before,
         leader_after=cluster.leader(),
-        nodes_alive=all(cluster.node_alive(n) for n in cluster.node_names),
+        **cluster.nodes_alive(),
     )
     result.recovered = result.recovered and result.details["nodes_alive"]
     return result
@@ -901,7 +915,7 @@ def fault_restart_redis_data_lost(cluster: Cluster, **_: Any) -> FaultResult:
         last_seq_before=last_seq_before,
         first_seq_after=after[0].seq if after else None,
         first_kind_after=after[0].kind if after else None,
-        nodes_alive=all(cluster.node_alive(n) for n in cluster.node_names),
+        **cluster.nodes_alive(),
     )
     result.recovered = (
         result.recovered
@@ -993,7 +1007,7 @@ def _engagement_fault(mode: str) -> Callable[..., FaultResult]:
             first_kind_after=after[0].kind if after else None,
             published_during=len(during),
             kinds_during=sorted({p.kind for p in during}),
-            nodes_alive=all(cluster.node_alive(n) for n in cluster.node_names),
+            **cluster.nodes_alive(),
         )
         # after an outage the receiver gets a full snapshot; while deltas are refused
         # (409), the full snapshots that follow each refusal still get through
@@ -1096,6 +1110,13 @@ def run_fault(cluster: Cluster, name: str, *, outage_seconds: float) -> FaultRes
     """Heal the cluster, then inject fault ``name`` and measure it."""
     cluster.heal()
     return FAULTS[name](cluster, outage_seconds=outage_seconds)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"(no log: {error})"
 
 
 def median(values: list[float]) -> float:

@@ -73,7 +73,7 @@ def test_a_worker_killed_in_the_middle_of_a_shard_never_hangs_the_cycle(
 def test_a_redis_restart_is_survived_without_help(cluster: Cluster) -> None:
     result = inject(cluster, "restart_redis")
 
-    assert result.details["nodes_alive"]
+    assert result.details["nodes_alive"], result.details
     assert result.details["leader_after"] is not None
     assert result.recovered
 
@@ -85,7 +85,7 @@ def test_a_redis_that_lost_its_data_is_survived_and_seq_jumps_past_the_receiver(
 
     details = result.details
     assert result.recovered, result
-    assert details["nodes_alive"]
+    assert details["nodes_alive"], details
     # the counter restarted at 1, yet the receiver got a newer seq within seconds, in full
     assert details["first_seq_after"] > details["last_seq_before"]
     assert details["first_kind_after"] == "full"
@@ -125,7 +125,7 @@ def test_engagement_faults_cause_no_crash_no_pile_up_and_end_in_a_full_snapshot(
 ) -> None:
     result = inject(cluster, f"engagement_{mode}")
 
-    assert result.details["nodes_alive"]
+    assert result.details["nodes_alive"], result.details
     # ticks and shards expire: the queue never holds more than a few periods of work
     assert result.max_queue_length < 50, result
     if mode == "reject_delta":
