@@ -36,10 +36,10 @@ Then the time to commit a 10,000-row full snapshot to PostgreSQL (``record_cycle
 to read one target's history over an hour of 10,000-target cycles (a second throwaway database
 filled by ``pacing.history.synthetic``), and the speed-up from 1 to 2 worker processes at 10,000
 targets with 20 ms added to every Stat Server request (the two pool sizes alternate in blocks,
-each on a fresh worker). Each figure is printed beside its goal
-with PASS or MISS; the JSON file holds the same figures and every cycle. Worker and simulator
-logs stay in a temporary directory whose path is printed. Exit status 0 whatever the figures
-(this is a measurement), 1 if the stack failed, 130 after Ctrl-C.
+each on a fresh worker). Each figure is printed beside its goal with PASS or MISS; the JSON file
+holds the same figures and every cycle. Worker and simulator logs stay in a temporary directory
+whose path is printed. Exit status 0 whatever the figures (this is a measurement), 1 if the
+stack failed, 130 after Ctrl-C.
 """
 
 from __future__ import annotations
