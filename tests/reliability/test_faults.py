@@ -33,6 +33,9 @@ def cluster() -> Iterator[Cluster]:
 
 def inject(cluster: Cluster, fault: str) -> FaultResult:
     result = run_fault(cluster, fault, outage_seconds=OUTAGE_SECONDS)
+    for name, dead in result.details.get("dead_processes", {}).items():
+        # shown whole with the failure (an assertion message would be cut short)
+        print(f"{name} exited with {dead['returncode']}; its log ends:\n{dead['log_tail']}")
     # the invariants every fault must keep
     assert result.duplicates == 0, f"a seq was accepted twice: {result}"
     assert result.deposed_publishes == 0, f"a deposed leader published: {result}"
