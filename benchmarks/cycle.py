@@ -90,6 +90,7 @@ from pacing.domain import Reason
 from pacing.engagement import encode_payload
 from pacing.history import repository, synthetic
 from pacing.history.migrate import upgrade_to_head
+from pacing.runtime import settle_heap
 from pacing.services import Services
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1202,6 +1203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # SIGTERM unwinds like Ctrl-C: every process and database of the run is stopped or dropped
     signal.signal(signal.SIGTERM, _terminate)
+    # the baseline runs as the workers do, with their garbage-collector settings
+    settle_heap()
     workdir = Path(tempfile.mkdtemp(prefix="pacing-bench-"))
     print(f"logs: {workdir / 'logs'}", file=sys.stderr, flush=True)
     try:

@@ -11,9 +11,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init
+from celery.apps.worker import Worker as WorkerCommand
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+)
 
 from pacing.logs import bind_log_context, clear_log_context, configure_logging
+from pacing.runtime import settle_heap
 from pacing.settings import Settings, load_settings
 
 HISTORY_PURGE_PERIOD = timedelta(days=1)
@@ -130,12 +138,28 @@ def _configure_logging(**_: Any) -> None:
     configure_logging(level=settings.log_level, json_lines=settings.log_format == "json")
 
 
+#: Set in a ``celery worker`` process (and so in its pool processes, forked from it); never in a
+#: worker a test runs inside its own process (celery.contrib.testing), whose heap must not be
+#: frozen (pacing.runtime.settle_heap).
+_worker_command = {"running": False}
+
+
+@worker_init.connect
+def _settle_the_workers_heap(sender: Any = None, **_: Any) -> None:
+    # before the pool forks: its processes inherit the frozen heap and do not copy its pages
+    if isinstance(sender, WorkerCommand):
+        _worker_command["running"] = True
+        settle_heap()
+
+
 @worker_process_init.connect
 def _fresh_resources_after_fork(**_: Any) -> None:
     # connections inherited from the parent process must not be shared with it
     from tasks.cycle import reset_services  # noqa: PLC0415 - tasks.cycle imports this module
 
     reset_services()
+    if _worker_command["running"]:
+        settle_heap()  # what the pool process loaded since the fork
 
 
 #: Task parameters bound to every log line of the task (the cycle's ``context`` dict of

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 
+from pacing.runtime import settle_heap
 from pacing.simulator.server import SimulatorApp, SimulatorHTTPServer
 from pacing.simulator.world import World
 
@@ -132,8 +133,10 @@ def start_simulator(
     return running
 
 
-#: How often the background clock steps the world (its step is 0.1 s of simulated time).
+#: The background clock wakes at least this often (the world's step is 0.1 s of simulated time).
 CLOCK_INTERVAL_SECONDS = 0.1
+#: … and this long after a step falls due, so that the step is certainly due when it looks.
+CLOCK_LAG_SECONDS = 0.0005
 
 
 def _keep_time(world: World, clock: Callable[[], float], stopping: threading.Event) -> None:
@@ -143,8 +146,18 @@ def _keep_time(world: World, clock: Callable[[], float], stopping: threading.Eve
     Stat Server request after an idle second paid for every step of that second (10,000
     targets: 20 ms instead of 10 ms for 2,500 ids after a 2 s gap; 100,000 targets ten times
     that), so a pacing cycle's first fetches were slowed by the simulator, not the network.
+
+    The thread wakes just after each step falls due rather than a fixed interval after the
+    last one: with a fixed interval its wake-ups drifted against the step boundaries, and the
+    request that came first after a boundary took the step. At 100,000 targets a step costs
+    12-17 ms; measured over 32 cycles there, alternating, 193 of 333 steps were taken inside
+    requests with the fixed interval and 9 of 334 aligned, and the Stat Server fetches of a cycle
+    summed 1,003 ms against 782 ms (end to end 1,382 against 1,306 ms).
     """
-    while not stopping.wait(CLOCK_INTERVAL_SECONDS):
+    while True:
+        due_in = world.now + world.step_seconds - clock()
+        if stopping.wait(min(max(due_in, 0.0), CLOCK_INTERVAL_SECONDS) + CLOCK_LAG_SECONDS):
+            return
         with world.lock:
             world.advance(clock())
 
@@ -159,6 +172,7 @@ def serve_forever(config: SimulatorConfig) -> None:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_signal) if in_main_thread else None
     running = start_simulator(config)
+    settle_heap()  # the world's objects live as long as the process (pacing.runtime)
     logger.info(
         "stat server %s and %s, engagement %s, oauth %s",
         running.stat_server_primary_url,

@@ -17,6 +17,7 @@ and the true abandonment rate and occupancy the pacing service is trying to cont
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -189,6 +190,8 @@ class World:
         count = len(self.specs)
         self._count = count
         self._index: dict[str, int] = {target_id: i for i, target_id in enumerate(ids)}
+        # the ids by row, picked for many rows at once by numpy (feedback lists most targets)
+        self._ids: npt.NDArray[np.object_] = np.array(ids, dtype=object)
         self.channels: tuple[str, ...] = tuple(sorted({spec.channel for spec in self.specs}))
         channel_code = {channel: code for code, channel in enumerate(self.channels)}
         self._channel_code: IntArray = np.array(
@@ -302,6 +305,11 @@ class World:
         )
 
     # ------------------------------------------------------------------ time
+
+    @property
+    def step_seconds(self) -> float:
+        """Simulated seconds per step."""
+        return self._dt
 
     @property
     def now(self) -> float:
@@ -531,18 +539,24 @@ class World:
             if full:
                 self._budget[:] = 0
                 self._reactive_state[:] = 1.0
-            index = self._index
-            positions = [i for i, target_id in enumerate(target_ids) if target_id in index]
-            rows = np.array([index[target_ids[i]] for i in positions], dtype=np.int64)
-            budgets = np.array([proactive_budgets[i] for i in positions], dtype=np.int64)
-            states = np.array([reactive_states[i] for i in positions], dtype=np.float64)
+            # one dict lookup per id, and the values picked by numpy: at 100,000 targets this
+            # is on the publish's critical path
+            found = np.fromiter(
+                map(self._index.get, target_ids, itertools.repeat(-1)),
+                dtype=np.int64,
+                count=len(target_ids),
+            )
+            known = found >= 0
+            rows = found[known]
+            budgets = np.asarray(proactive_budgets, dtype=np.int64)[known]
+            states = np.asarray(reactive_states, dtype=np.float64)[known]
             self._budget[rows] = np.maximum(budgets, 0)
             self._reactive_state[rows] = np.clip(np.nan_to_num(states, nan=1.0), 0.0, 1.0)
             self._sent_in_window[:] = 0
             self._window_start = self.now
             self._window_seconds = refresh_period_seconds
             self._window_open = True
-            return len(positions)
+            return int(rows.size)
 
     def feedback(
         self,
@@ -568,7 +582,7 @@ class World:
                 moved = (counters != self._reported_feedback[rows]).any(axis=1)
                 rows, counters = rows[moved], counters[moved]
             self._reported_feedback[rows] = counters
-            ids = [self.specs[row].target_id for row in rows.tolist()]
+            ids = self._ids[rows].tolist()
             return {
                 target_id: {
                     "offers_sent_total": s,
