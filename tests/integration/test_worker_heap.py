@@ -52,6 +52,7 @@ def worker(tmp_path: Path) -> Iterator[tuple[Celery, int]]:
             **os.environ,
             "PACING_NODE_NAME": "heap-test",
             "PACING_BROKER_URL": url,
+            "PACING_RESULT_BACKEND": url,  # where the client below reads the probe's answer
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path.cwd())]),
         }
