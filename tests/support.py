@@ -1,16 +1,22 @@
-"""Helpers shared by the integration tests: private Redis databases and PostgreSQL databases."""
+"""Helpers shared by the integration tests: private Redis databases and PostgreSQL databases, and
+``celery worker`` subprocesses."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
+import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import psycopg
 import redis
+
+from pacing.localstack import LocalStack, Process
+from pacing.settings import load_settings
 
 REDIS_HOST = os.environ.get("PACING_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("PACING_TEST_REDIS_PORT", "6379"))
@@ -78,3 +84,56 @@ def wait_for(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g} s: {message}")
+
+
+def start_worker_process(
+    workdir: Path,
+    *,
+    app_module: str,
+    broker_url: str,
+    name: str,
+    pool: Sequence[str],
+    env: Mapping[str, str] | None = None,
+) -> tuple[LocalStack, Process]:
+    """A ``celery worker`` subprocess of ``app_module`` (importable from ``workdir`` or the
+    project) on ``broker_url`` with the ``pool`` options, returned once it is ready; ``env`` adds
+    to the environment. Stop it with the returned stack's ``stop()``."""
+    settings = load_settings({"broker_url": broker_url})
+    stack = LocalStack(settings=settings, workdir=workdir)
+    process = stack.spawn(
+        "worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app_module,
+            "worker",
+            "-n",
+            f"{name}-{uuid.uuid4().hex[:6]}@%h",
+            *pool,
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        {
+            **os.environ,
+            "PACING_NODE_NAME": name,
+            "PACING_BROKER_URL": broker_url,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join([str(workdir), str(Path.cwd())]),
+            **(env or {}),
+        },
+    )
+    try:
+        wait_for(
+            lambda: b"ready." in process.log_path.read_bytes(),
+            timeout=120,
+            interval=0.5,
+            message="the worker did not start",
+        )
+    except BaseException:
+        stack.stop()
+        raise
+    return stack, process

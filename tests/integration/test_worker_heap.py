@@ -4,9 +4,6 @@ worker a test runs inside its own process leaves that process's collector alone.
 from __future__ import annotations
 
 import gc
-import os
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +11,8 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from pacing.localstack import LocalStack
 from pacing.runtime import GC_THRESHOLDS
-from pacing.settings import load_settings
-from tests.support import leased_redis_db, redis_url, wait_for
+from tests.support import leased_redis_db, redis_url, start_worker_process
 
 pytestmark = pytest.mark.integration
 
@@ -45,46 +40,19 @@ def worker(tmp_path: Path) -> Iterator[tuple[Celery, int]]:
     of this test alone, and a client of it."""
     with leased_redis_db() as db:
         url = redis_url(db)
-        settings = load_settings({"broker_url": url})
-        stack = LocalStack(settings=settings, workdir=tmp_path)
         (tmp_path / "probe_tasks.py").write_text(PROBE_APP)
-        env = {
-            **os.environ,
-            "PACING_NODE_NAME": "heap-test",
-            "PACING_BROKER_URL": url,
-            "PACING_RESULT_BACKEND": url,  # where the client below reads the probe's answer
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path.cwd())]),
-        }
-        process = stack.spawn(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "probe_tasks",
-                "worker",
-                "-n",
-                f"heap-test-{uuid.uuid4().hex[:6]}@%h",
-                "--pool=prefork",
-                "--concurrency=1",
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            env,
+        stack, process = start_worker_process(
+            tmp_path,
+            app_module="probe_tasks",
+            broker_url=url,
+            name="heap-test",
+            pool=["--pool=prefork", "--concurrency=1"],
+            # where the client below reads the probe's answer
+            env={"PACING_RESULT_BACKEND": url},
         )
         client = Celery("probe", broker=url, backend=url)
         client.conf.update(task_serializer="json", accept_content=["json"])
         try:
-            wait_for(
-                lambda: b"ready." in process.log_path.read_bytes(),
-                timeout=120,
-                interval=0.5,
-                message="the worker did not start",
-            )
             yield client, process.popen.pid
         finally:
             client.close()

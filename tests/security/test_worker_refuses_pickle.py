@@ -6,9 +6,7 @@ canary file when unpickled; the worker must consume it, log the refusal and leav
 
 from __future__ import annotations
 
-import os
 import pickle
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +16,7 @@ import redis
 from kombu import Connection, Producer
 
 from pacing.localstack import LocalStack
-from pacing.settings import load_settings
-from tests.support import leased_redis_db, redis_url, wait_for
+from tests.support import leased_redis_db, redis_url, start_worker_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,47 +52,16 @@ def broker_url() -> Iterator[str]:
 
 def start_worker(tmp_path: Path, app_module: str, broker_url: str) -> tuple[LocalStack, Path]:
     """A worker of the run's settings on ``broker_url``, and its log."""
-    settings = load_settings({"broker_url": broker_url})
-    stack = LocalStack(settings=settings, workdir=tmp_path)
     (tmp_path / "unsafe_tasks.py").write_text(UNSAFE_APP)
-    env = {
-        **os.environ,
-        "PACING_NODE_NAME": "pickle-test",
-        "PACING_BROKER_URL": broker_url,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path.cwd())]),
+    stack, process = start_worker_process(
+        tmp_path,
+        app_module=app_module,
+        broker_url=broker_url,
+        name="pickle-test",
+        pool=["--pool=solo"],
         # Celery itself refuses to accept pickle as root; the control experiment insists
-        "C_FORCE_ROOT": "1",
-    }
-    process = stack.spawn(
-        "worker",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            app_module,
-            "worker",
-            "-n",
-            f"serializer-test-{uuid.uuid4().hex[:6]}@%h",
-            "--pool=solo",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        env,
+        env={"C_FORCE_ROOT": "1"},
     )
-    try:
-        wait_for(
-            lambda: b"ready." in process.log_path.read_bytes(),
-            timeout=120,
-            interval=0.5,
-            message="the worker did not start",
-        )
-    except BaseException:
-        stack.stop()
-        raise
     return stack, process.log_path
 
 
