@@ -1112,7 +1112,12 @@ def run_fault(cluster: Cluster, name: str, *, outage_seconds: float) -> FaultRes
     return FAULTS[name](cluster, outage_seconds=outage_seconds)
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+#: A dying Celery worker's last traceback runs past 40 lines; the log record that introduced it
+#: (which tells "Couldn't ack" from "Unrecoverable error") comes before that.
+LOG_TAIL_LINES = 150
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as error:
