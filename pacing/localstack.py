@@ -18,9 +18,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -325,15 +326,7 @@ def import_simulator_targets(settings: Settings, base_url: str) -> int:
     """Replace the targets of the history database with the simulator's."""
     response = requests.get(f"{base_url}/sim/targets", timeout=10)
     response.raise_for_status()
-    configs = [
-        TargetConfig(
-            target_id=item["id"],
-            name=item.get("name", item["id"]),
-            channel=item.get("channel", "chat"),
-            algorithm=Algorithm(item.get("algorithm", "AUTO")),
-        )
-        for item in response.json()["targets"]
-    ]
+    configs = simulator_target_configs(response.json()["targets"])
     engine = repository.create_history_engine(settings.database_url)
     try:
         known = {t.target_id for t in repository.list_targets(engine)}
@@ -344,6 +337,20 @@ def import_simulator_targets(settings: Settings, base_url: str) -> int:
         return count
     finally:
         engine.dispose()
+
+
+def simulator_target_configs(listing: Iterable[Mapping[str, Any]]) -> list[TargetConfig]:
+    """The targets an operator would configure for the simulator's groups (``/sim/targets``):
+    its algorithm by group size and blending, every other field the settings' default."""
+    return [
+        TargetConfig(
+            target_id=item["id"],
+            name=item.get("name", item["id"]),
+            channel=item.get("channel", "chat"),
+            algorithm=Algorithm(item.get("algorithm", "AUTO")),
+        )
+        for item in listing
+    ]
 
 
 def _http_ok(url: str) -> bool:

@@ -264,12 +264,21 @@ def run_shard(
         return failed_shard(seq=seq, shard=shard, rows=rows)
 
 
-def run_cycle_in_process(services: Services, *, node: str) -> CycleRecord | None:
+def run_cycle_in_process(
+    services: Services,
+    *,
+    node: str,
+    before_stage: Callable[[str], None] | None = None,
+    audit: bool = True,
+) -> CycleRecord | None:
     """One whole cycle in this process, with the very functions the Celery tasks call.
 
-    The benchmark's single-process baseline: the same fetch, pacing, merge, fenced publish
-    and audit write, one shard after another, without a broker. None when ``node`` does not
-    lead or a cycle is still in flight.
+    The benchmark's single-process baseline and the virtual-time evaluation's cycle: the same
+    fetch, pacing, merge, fenced publish and audit write, one shard after another, without a
+    broker. None when ``node`` does not lead or a cycle is still in flight.
+    ``before_stage("shards")`` and ``before_stage("publish")`` are called as the stages start
+    (the evaluation moves its clock there). ``audit=False`` drops the staged audit record
+    instead of writing it (pacing never reads the history back).
     """
     plan = plan_cycle(services, node=node)
     if plan.context is None:
@@ -277,12 +286,19 @@ def run_cycle_in_process(services: Services, *, node: str) -> CycleRecord | None
     if goals := goals_to_presolve(services, plan):  # pacing.refresh sends it as a task
         presolve_operating_points(services, goals)
     seq = plan.context.seq
+    if before_stage is not None:
+        before_stage("shards")
     results = [
         run_shard(services, seq=seq, shard=index, rows=digest).to_json()
         for index, digest in enumerate(plan.digests)
     ]
+    if before_stage is not None:
+        before_stage("publish")
     record = publish_cycle(services, results, plan.context)
-    write_audit(services, record.seq)
+    if audit:
+        write_audit(services, record.seq)
+    else:
+        forget_audit(services, record.seq)
     return record
 
 

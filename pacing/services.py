@@ -68,9 +68,18 @@ def http_session(pool_size: int = 16) -> requests.Session:
 class Services:
     """Lazily built clients for one process."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        sessions: Callable[[int], requests.Session] = http_session,
+    ) -> None:
+        """``sessions(pool_size)`` makes the HTTP sessions of the two clients (the virtual-time
+        evaluation mounts the in-process simulator on them)."""
         self.settings = settings
         self.clock = clock
+        self._sessions = sessions
         self.keys = Keys(settings.key_prefix)
         self._targets_lock = threading.Lock()
         self._targets: list[TargetConfig] = []
@@ -101,7 +110,7 @@ class Services:
         return StatServerClient(
             primary_url=s.stat_server_primary_url,
             backup_url=s.stat_server_backup_url,
-            session=http_session(),
+            session=self._sessions(16),
             connect_timeout=s.http_connect_timeout_seconds,
             read_timeout=s.http_read_timeout,
             max_age_seconds=s.stats_max_age,
@@ -112,7 +121,7 @@ class Services:
     @cached_property
     def engagement(self) -> EngagementClient:
         s = self.settings
-        session = http_session(pool_size=2)
+        session = self._sessions(2)
         auth: BearerToken | OAuth2ClientCredentials
         if s.auth_url is not None and s.client_id is not None and s.client_secret is not None:
             auth = OAuth2ClientCredentials(

@@ -19,6 +19,7 @@ import binascii
 import contextlib
 import gzip
 import hmac
+import io
 import logging
 import math
 import secrets
@@ -496,17 +497,19 @@ def parse_publish(body: object, idempotency_key: str | None) -> _Publish:
     )
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """One HTTP/1.1 connection; routes to the simulator app."""
+class _Routes:
+    """The simulator's HTTP routes, whatever carries the request.
 
-    server: SimulatorHTTPServer
-    protocol_version = "HTTP/1.1"  # keep-alive: the pacing clients reuse connections
-    server_version = "PacingSimulator/1.0"
-    timeout = 60  # an idle keep-alive connection is closed after this many seconds
-    # TCP_NODELAY: the headers and the body leave in two writes; with Nagle's algorithm the
-    # body waits for the ACK of the headers, which the client delays by up to 40 ms (measured:
-    # a 250-target statistics request took 44 ms instead of 1 ms).
-    disable_nagle_algorithm = True
+    A subclass supplies the request (``headers``, ``_query``, the body through
+    :meth:`_read_exact`) and the way the answer leaves (:meth:`_write_response`, :meth:`_reset`):
+    :class:`_Handler` over a socket, :class:`InProcessExchange` for a caller in this process
+    (the virtual-time evaluation, :mod:`pacing.simulator.transport`).
+    """
+
+    headers: Any  # case-insensitive .get(name, default), like http.client's message
+    close_connection: bool
+    _query: dict[str, list[str]]
+    _body_read: bool
 
     _routes: ClassVar[dict[tuple[str, str], str]] = {
         ("POST", "/statserver/primary/v1/statistics/query"): "_statistics_primary",
@@ -524,28 +527,30 @@ class _Handler(BaseHTTPRequestHandler):
 
     @property
     def app(self) -> SimulatorApp:
-        return self.server.app
+        raise NotImplementedError
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Request lines go to the debug log, not to stderr."""
-        logger.debug("simulator http: " + format, *args)  # noqa: G003
+    def _read_exact(self, length: int) -> bytes:
+        """Up to ``length`` bytes of the request body (fewer if the client hung up)."""
+        raise NotImplementedError
 
-    def do_GET(self) -> None:
-        """Route a GET."""
-        self._dispatch("GET")
+    def _write_response(
+        self, status: HTTPStatus, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        """Send the status line, ``headers`` and ``body``."""
+        raise NotImplementedError
 
-    def do_POST(self) -> None:
-        """Route a POST."""
-        self._dispatch("POST")
+    def _reset(self) -> None:
+        """Abort the exchange as a crashed server would (a TCP reset)."""
+        raise NotImplementedError
 
-    def _dispatch(self, method: str) -> None:
-        url = urlsplit(self.path)
+    def _dispatch(self, method: str, path: str) -> None:
+        url = urlsplit(path)
         self._query = parse_qs(url.query)
         self._body_read = False
         try:
             name = self._routes.get((method, url.path))
             if name is None:
-                if any(path == url.path for _, path in self._routes):
+                if any(route == url.path for _, route in self._routes):
                     raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed")
                 raise _HttpError(HTTPStatus.NOT_FOUND, "not_found", f"No route {url.path}.")
             getattr(self, name)()
@@ -570,15 +575,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---------------------------------------------------------------- helpers
 
-    def _reset(self) -> None:
-        """Abort the connection with a TCP reset, as a crashed server would."""
-        self.close_connection = True
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            return
-        self.connection.close()
-
     def _sleep(self, seconds: float) -> None:
         # Interruptible: stopping the simulator wakes every "slow" request at once.
         self.app.stopping.wait(seconds)
@@ -602,7 +598,7 @@ class _Handler(BaseHTTPRequestHandler):
                 f"The body is {length} bytes; the limit is {limit}.",
                 close=True,
             )
-        body = self.rfile.read(length)
+        body = self._read_exact(length)
         self._body_read = True
         if len(body) != length:
             raise ConnectionError("client closed the connection mid-body")
@@ -648,19 +644,16 @@ class _Handler(BaseHTTPRequestHandler):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         payload = orjson.dumps(body)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        fields = [("Content-Type", "application/json")]
         if len(payload) >= GZIP_MIN_BYTES and "gzip" in self.headers.get("Accept-Encoding", ""):
             # Level 1: most of the size reduction for a fraction of the CPU.
             payload = gzip.compress(payload, compresslevel=1)
-            self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
+            fields.append(("Content-Encoding", "gzip"))
+        fields.append(("Content-Length", str(len(payload))))
+        fields.extend((headers or {}).items())
         if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
+            fields.append(("Connection", "close"))
+        self._write_response(status, fields, payload)
 
     # ------------------------------------------------------------ stat server
 
@@ -808,6 +801,113 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _sim_control_post(self) -> None:
         self._send_json(HTTPStatus.OK, self.app.apply_control(self._json_body(1024 * 1024)))
+
+
+class _Handler(_Routes, BaseHTTPRequestHandler):
+    """One HTTP/1.1 connection; routes to the simulator app."""
+
+    server: SimulatorHTTPServer
+    protocol_version = "HTTP/1.1"  # keep-alive: the pacing clients reuse connections
+    server_version = "PacingSimulator/1.0"
+    timeout = 60  # an idle keep-alive connection is closed after this many seconds
+    # TCP_NODELAY: the headers and the body leave in two writes; with Nagle's algorithm the
+    # body waits for the ACK of the headers, which the client delays by up to 40 ms (measured:
+    # a 250-target statistics request took 44 ms instead of 1 ms).
+    disable_nagle_algorithm = True
+
+    @property
+    def app(self) -> SimulatorApp:
+        return self.server.app
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Request lines go to the debug log, not to stderr."""
+        logger.debug("simulator http: " + format, *args)  # noqa: G003
+
+    def do_GET(self) -> None:
+        """Route a GET."""
+        self._dispatch("GET", self.path)
+
+    def do_POST(self) -> None:
+        """Route a POST."""
+        self._dispatch("POST", self.path)
+
+    def _read_exact(self, length: int) -> bytes:
+        return self.rfile.read(length)
+
+    def _write_response(
+        self, status: HTTPStatus, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _reset(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            return
+        self.connection.close()
+
+
+@dataclass(frozen=True, slots=True)
+class InProcessAnswer:
+    """What the simulator answered an in-process request (``reset``: it reset the connection)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    reset: bool = False
+
+
+class InProcessExchange(_Routes):
+    """One request handed to the simulator by a caller in this process, without a socket.
+
+    The routes, validation, faults, fence and world are exactly those the HTTP server runs;
+    only the bytes do not cross a socket. :mod:`pacing.simulator.transport` builds a requests
+    transport on it.
+    """
+
+    def __init__(self, app: SimulatorApp, headers: Mapping[str, str], body: bytes) -> None:
+        self._app = app
+        self.headers = _CaseInsensitiveHeaders(headers)
+        self._body = io.BytesIO(body)
+        self.close_connection = False
+        self._answer: InProcessAnswer | None = None
+
+    @property
+    def app(self) -> SimulatorApp:
+        return self._app
+
+    def answer(self, method: str, path: str) -> InProcessAnswer:
+        """Route ``method path`` and return the answer."""
+        self._dispatch(method.upper(), path)
+        if self._answer is None:  # the client "hung up" before an answer was written
+            return InProcessAnswer(status=0, headers=[], body=b"", reset=True)
+        return self._answer
+
+    def _read_exact(self, length: int) -> bytes:
+        return self._body.read(length)
+
+    def _write_response(
+        self, status: HTTPStatus, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        self._answer = InProcessAnswer(status=int(status), headers=headers, body=body)
+
+    def _reset(self) -> None:
+        self._answer = InProcessAnswer(status=0, headers=[], body=b"", reset=True)
+
+
+class _CaseInsensitiveHeaders:
+    """Request headers looked up like http.client's message: by name, any case."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = {name.lower(): value for name, value in headers.items()}
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._headers.get(name.lower(), default)
 
 
 class SimulatorHTTPServer(ThreadingHTTPServer):
