@@ -79,6 +79,11 @@ class Keys:
         return f"{self.prefix}:feedback"
 
     @property
+    def in_flight(self) -> str:
+        """Hash: target id → packed budget of the publish whose feedback is stored."""
+        return f"{self.prefix}:in_flight"
+
+    @property
     def last_statistics(self) -> str:
         """Hash: target id → its last valid statistics (packed float64, timestamp first)."""
         return f"{self.prefix}:last_statistics"

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 import redis
 import requests
+from numpy.typing import NDArray
 
 from pacing import algorithms
 from pacing.algorithms import PacingInputs, PacingParameters, PacingTargets
@@ -326,9 +327,9 @@ def pace_shard(services: Services, *, seq: int, shard: int, targets: ShardTarget
         fresh = True
     fetched = time.perf_counter()
 
-    state, feedback = services.state.load(ids, width=algorithms.STATE_WIDTH)
+    state, feedback, in_flight = services.state.load(ids, width=algorithms.STATE_WIDTH)
     services.operating_points.pull()
-    inputs = _inputs(ids, statistics, feedback)
+    inputs = _inputs(ids, statistics, feedback, in_flight)
     result = algorithms.pace(
         inputs,
         targets.targets,
@@ -420,6 +421,7 @@ def _inputs(
     ids: Sequence[str],
     statistics: StatisticsBatch,
     feedback: np.ndarray[Any, np.dtype[np.float64]],
+    in_flight: np.ndarray[Any, np.dtype[np.float64]],
 ) -> PacingInputs:
     rows = statistics.rows_for(ids)
     reason = np.zeros(len(ids), dtype=np.int8)
@@ -435,6 +437,7 @@ def _inputs(
         offers_accepted_total=feedback[:, 1].copy(),
         offers_resolved_total=feedback[:, 2].copy(),
         offers_pending=feedback[:, 3].copy(),
+        offers_in_flight=in_flight.copy(),
         input_reason=reason,
     )
 
@@ -592,7 +595,15 @@ def publish_cycle(
     settled.expire(keys.audit_settled(context.seq), AUDIT_SETTLED_SECONDS)
     settled.execute()
     if ack is not None:
-        _store_feedback(services, ack, context)
+        # the decisions that went out with this publish: all of them, or the changed ones
+        # (the others went out with an earlier publish and are stored already)
+        sent = np.flatnonzero(rows)
+        _store_feedback(
+            services,
+            ack,
+            context,
+            in_flight=([merged.ids[i] for i in sent.tolist()], merged.budget[sent]),
+        )
     return _finish(
         services,
         context,
@@ -739,9 +750,18 @@ def _fenced_post(
         return "published", None, ack
 
 
-def _store_feedback(services: Services, ack: PublishAck, context: CycleContext) -> None:
-    """Keep the counters the receiver returned; malformed ones are logged and skipped (the
-    receiver took the cycle all the same, and each target keeps its last known counters)."""
+def _store_feedback(
+    services: Services,
+    ack: PublishAck,
+    context: CycleContext,
+    *,
+    in_flight: tuple[list[str], NDArray[np.int64]],
+) -> None:
+    """Keep the counters the receiver returned and, beside them, the budgets of the publish
+    that returned them: the next cycle counts those invitations as pending, since the
+    receiver sends them after it counted (state.LoadedState). Malformed counters are logged
+    and skipped (the receiver took the cycle all the same, and each target keeps its last
+    known counters); the budgets are stored all the same."""
     try:
         ids, counters = ack.feedback_rows()
     except InvalidResponse as error:
@@ -750,8 +770,11 @@ def _store_feedback(services: Services, ack: PublishAck, context: CycleContext) 
             error,
             extra={"seq": context.seq, "epoch": context.epoch},
         )
-        return
-    services.state.save_feedback_rows(ids, counters)
+        ids, counters = [], np.empty((0, 4))
+    in_flight_ids, budgets = in_flight
+    services.state.save_feedback_rows(
+        ids, counters, in_flight=(in_flight_ids, budgets.astype(np.float64))
+    )
 
 
 def _unanswered(error: EngagementUnavailable) -> bool:

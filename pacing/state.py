@@ -4,7 +4,8 @@ Any worker may pace any shard, so the state lives in Redis: one hash field per t
 the raw bytes of a float64 vector. A shard reads its state and feedback in one pipelined round
 trip and writes its state back, with the statistics it paced on, in another. A missing,
 truncated or foreign-width value reads as a row of NaN, which the algorithms treat as a cold
-start (algorithm.md §2).
+start (algorithm.md §2); a row shorter by whole columns (written before columns were appended)
+keeps the columns it has.
 
 Each value is the row's raw little-endian bytes: packing and unpacking are ``tobytes`` and
 ``frombuffer``, with no text encoding. The commands carrying a shard's rows (an HSET of
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 import redis
@@ -32,6 +33,20 @@ FEEDBACK_WIDTH = 4  # sent, accepted, resolved, pending
 LAST_STATISTICS_TTL_SECONDS = 24 * 3600
 
 
+class LoadedState(NamedTuple):
+    """What a shard reads before pacing (NaN where unknown).
+
+    ``in_flight`` is the budget each target was given by the publish whose feedback
+    ``feedback`` is: the engagement platform answers a publish with the counters of that
+    moment and then sends the budget over the refresh period, so those invitations are in none
+    of the counters the next cycle reads. The rules count them as pending (algorithm.md §2).
+    """
+
+    state: NDArray[np.float64]
+    feedback: NDArray[np.float64]
+    in_flight: NDArray[np.float64]
+
+
 class StateStore:
     """Reads and writes the per-target state and feedback of one cluster."""
 
@@ -39,21 +54,28 @@ class StateStore:
         self._client = client
         self._keys = keys
 
-    def load(
-        self, target_ids: Sequence[str], *, width: int
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """State rows ``(n, width)`` and feedback rows ``(n, 4)``; NaN where unknown."""
+    def load(self, target_ids: Sequence[str], *, width: int) -> LoadedState:
+        """State rows ``(n, width)``, feedback rows ``(n, 4)`` and the budgets in flight
+        ``(n,)``, in one round trip; NaN where unknown."""
         if not target_ids:
-            return np.empty((0, width)), np.empty((0, FEEDBACK_WIDTH))
+            return LoadedState(np.empty((0, width)), np.empty((0, FEEDBACK_WIDTH)), np.empty(0))
         ids = _encoded(target_ids)
-        raw_state, raw_feedback = cast(
+        raw_state, raw_feedback, raw_in_flight = cast(
             list[list[bytes | None]],
             round_trip(
                 self._client,
-                [_packed_hmget(self._keys.state, ids), _packed_hmget(self._keys.feedback, ids)],
+                [
+                    _packed_hmget(self._keys.state, ids),
+                    _packed_hmget(self._keys.feedback, ids),
+                    _packed_hmget(self._keys.in_flight, ids),
+                ],
             ),
         )
-        return _unpack(raw_state, width), _unpack(raw_feedback, FEEDBACK_WIDTH)
+        return LoadedState(
+            _unpack(raw_state, width),
+            _unpack(raw_feedback, FEEDBACK_WIDTH),
+            _unpack(raw_in_flight, 1)[:, 0],
+        )
 
     def save(
         self,
@@ -87,11 +109,30 @@ class StateStore:
         rows = np.array(list(feedback.values()), dtype=np.float64).reshape(-1, FEEDBACK_WIDTH)
         self.save_feedback_rows(list(feedback), rows)
 
-    def save_feedback_rows(self, target_ids: Sequence[str], rows: NDArray[np.float64]) -> None:
-        """:meth:`save_feedback` from ids and an (n, 4) array of counters."""
-        if not target_ids:
-            return
-        round_trip(self._client, [_packed_hset(self._keys.feedback, _encoded(target_ids), rows)])
+    def save_feedback_rows(
+        self,
+        target_ids: Sequence[str],
+        rows: NDArray[np.float64],
+        *,
+        in_flight: tuple[Sequence[str], NDArray[np.float64]] | None = None,
+    ) -> None:
+        """:meth:`save_feedback` from ids and an (n, 4) array of counters, and with them, in the
+        same round trip, the budgets ``in_flight = (ids, budgets)`` of the publish that returned
+        them (:class:`LoadedState`)."""
+        commands = []
+        if target_ids:
+            commands.append(_packed_hset(self._keys.feedback, _encoded(target_ids), rows))
+        if in_flight is not None and in_flight[0]:
+            ids, budgets = in_flight
+            commands.append(
+                _packed_hset(
+                    self._keys.in_flight,
+                    _encoded(ids),
+                    np.asarray(budgets, dtype=np.float64)[:, None],
+                )
+            )
+        if commands:
+            round_trip(self._client, commands)
 
     def last_statistics(
         self, target_ids: Sequence[str], *, now: float, max_age_seconds: float
@@ -123,6 +164,7 @@ class StateStore:
             pipe = self._client.pipeline(transaction=False)
             pipe.hdel(self._keys.state, *target_ids)
             pipe.hdel(self._keys.feedback, *target_ids)
+            pipe.hdel(self._keys.in_flight, *target_ids)
             pipe.hdel(self._keys.last_statistics, *target_ids)
             pipe.execute()
 
@@ -216,8 +258,11 @@ def _unpack(values: Sequence[bytes | str | None], width: int) -> NDArray[np.floa
         return np.frombuffer(joined, dtype="<f8").reshape(len(values), width).copy()
     out = np.full((len(values), width), math.nan)
     for i, value in enumerate(values):
-        if isinstance(value, bytes) and len(value) == expected:
-            out[i] = np.frombuffer(value, dtype="<f8")
+        if isinstance(value, bytes) and len(value) <= expected and len(value) % 8 == 0:
+            # a row written before columns were appended keeps its columns; the new ones
+            # start unknown (an upgrade is not a cold start)
+            row = np.frombuffer(value, dtype="<f8")
+            out[i, : row.size] = row
     return out
 
 

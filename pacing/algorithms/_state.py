@@ -50,6 +50,9 @@ class StateColumn(IntEnum):
     RESOLVED_SEEN = 22  # resolved invitations observed since the state began (cold start)
     COMPLETED_SEEN = 23  # answered interactions observed since the state began (cold start)
     GROUP_SIZE = 24  # staffed slots, exponentially smoothed: AUTO's choice of rule (§5)
+    LAST_AGENTS_BUSY = 25  # b at OBSERVED_AT, for the busy-time integral and completions
+    BUSY_SECONDS_WEIGHT = 26  # forgotten ∫b dt (h, by Little's law)
+    COMPLETED_WEIGHT = 27  # forgotten sum of completed interactions (h)
 
 
 STATE_FIELDS: tuple[str, ...] = tuple(column.name.lower() for column in StateColumn)
@@ -73,6 +76,9 @@ _COUNTER_COLUMNS = (
     StateColumn.RESOLVED_SEEN,
     StateColumn.COMPLETED_SEEN,
     StateColumn.GROUP_SIZE,
+    StateColumn.LAST_AGENTS_BUSY,
+    StateColumn.BUSY_SECONDS_WEIGHT,
+    StateColumn.COMPLETED_WEIGHT,
 )
 _ESTIMATE_COLUMNS = (
     StateColumn.HANDLE_TIME_SECONDS,

@@ -38,6 +38,9 @@ class PacingInputs:
     offers_accepted_total: NDArray[np.float64]
     offers_resolved_total: NDArray[np.float64]
     offers_pending: NDArray[np.float64]
+    #: invitations allowed by the publish whose feedback this is, which the receiver sends after
+    #: it counted (pacing.state.LoadedState): pending, for the rules, on top of offers_pending
+    offers_in_flight: NDArray[np.float64]
     input_reason: NDArray[np.int8]
 
     @classmethod
@@ -130,9 +133,13 @@ class PacingParameters:
     prior_accept_weight: float = 20.0  # pseudo resolved invitations behind the Beta prior of p
     prior_resolve_weight: float = 5.0  # pseudo resolutions behind the prior of d
     prior_patience_weight: float = 5.0  # pseudo abandonments behind the prior of θ
+    prior_handle_weight: float = 10.0  # pseudo completed interactions behind the prior of h
     # --- estimator memories ---
     feedback_memory_seconds: float = 900.0  # p and d
-    handle_time_memory_seconds: float = 300.0  # h
+    handle_time_memory_seconds: float = 300.0  # the smoothing of the Stat Server's AHT
+    #: h by Little's law: 15 minutes, the usual window of a Stat Server's AHT; a shorter memory
+    #: lets the prior weigh more (at 5 minutes, a 50-slot group read 5 % long)
+    busy_memory_seconds: float = 900.0
     patience_memory_seconds: float = 1800.0  # θ: abandonments are rare, so remember longer
     reactive_memory_seconds: float = 600.0  # λ_r: §1 asks for 5–15 minutes
     max_observation_gap_seconds: float = 60.0  # longer gaps re-base the counters (see _estimators)
@@ -183,8 +190,10 @@ class PacingParameters:
             "prior_accept_weight",
             "prior_resolve_weight",
             "prior_patience_weight",
+            "prior_handle_weight",
             "feedback_memory_seconds",
             "handle_time_memory_seconds",
+            "busy_memory_seconds",
             "patience_memory_seconds",
             "reactive_memory_seconds",
             "max_observation_gap_seconds",

@@ -394,7 +394,7 @@ def test_state_survives_a_save_and_load(store: StateStore) -> None:
     store.save(["t1", "t2"], state)
 
     # when, in another order
-    loaded, feedback = store.load(["t2", "t1"], width=WIDTH)
+    loaded, feedback, _ = store.load(["t2", "t1"], width=WIDTH)
 
     # then
     np.testing.assert_array_equal(loaded, state[::-1])
@@ -407,7 +407,7 @@ def test_unknown_targets_load_as_nan_rows(store: StateStore) -> None:
     store.save(["known"], np.ones((1, WIDTH)))
 
     # when
-    loaded, _ = store.load(["known", "unknown"], width=WIDTH)
+    loaded, _, _ = store.load(["known", "unknown"], width=WIDTH)
 
     # then
     assert loaded[0].tolist() == [1.0] * WIDTH
@@ -416,28 +416,42 @@ def test_unknown_targets_load_as_nan_rows(store: StateStore) -> None:
 
 def test_loading_no_targets_gives_empty_arrays(store: StateStore) -> None:
     # given / when
-    loaded, feedback = store.load([], width=WIDTH)
+    loaded, feedback, _ = store.load([], width=WIDTH)
 
     # then
     assert loaded.shape == (0, WIDTH)
     assert feedback.shape == (0, FEEDBACK_WIDTH)
 
 
-def test_a_state_of_another_width_loads_as_a_cold_start(
+def test_a_state_of_a_foreign_width_loads_as_a_cold_start(
     store: StateStore, client: redis.Redis, keys: Keys
 ) -> None:
-    # given a row written by a release with a narrower state, and a truncated one
-    store.save(["narrow"], np.ones((1, WIDTH - 1)))
+    # given a truncated row, a row wider than this release's, and a good one
     client.hset(keys.state, "truncated", np.ones(WIDTH).tobytes()[:-3])
+    store.save(["wider"], np.ones((1, WIDTH + 1)))
     store.save(["good"], np.full((1, WIDTH), 2.0))
 
     # when
-    loaded, _ = store.load(["narrow", "truncated", "good"], width=WIDTH)
+    loaded, _, _ = store.load(["truncated", "wider", "good"], width=WIDTH)
 
     # then
     assert np.isnan(loaded[0]).all()
     assert np.isnan(loaded[1]).all()
     assert loaded[2].tolist() == [2.0] * WIDTH
+
+
+def test_a_state_written_before_columns_were_appended_keeps_its_columns(
+    store: StateStore,
+) -> None:
+    # given a row of a release whose state had two columns fewer
+    store.save(["older"], np.full((1, WIDTH - 2), 3.0))
+
+    # when
+    loaded, _, _ = store.load(["older"], width=WIDTH)
+
+    # then: an upgrade is not a cold start; the appended columns start unknown
+    assert loaded[0, : WIDTH - 2].tolist() == [3.0] * (WIDTH - 2)
+    assert np.isnan(loaded[0, WIDTH - 2 :]).all()
 
 
 def test_packed_state_commands_read_back_what_redis_py_writes(
@@ -484,7 +498,7 @@ def test_a_closed_pooled_connection_is_replaced_before_a_packed_batch(
         assert killer.client_kill_filter(_id=pooled) == 1
 
     # when
-    loaded, _ = store.load(["t1"], width=WIDTH)
+    loaded, _, _ = store.load(["t1"], width=WIDTH)
 
     # then
     assert loaded.tolist() == [[1.0] * WIDTH]
@@ -555,7 +569,7 @@ def test_feedback_survives_a_save_and_load(store: StateStore) -> None:
     store.save_feedback({"t2": OfferFeedback(1, 0, 1, 0)})  # partial maps keep the rest
 
     # when
-    _, feedback = store.load(["t1", "t2", "t3"], width=WIDTH)
+    _, feedback, _ = store.load(["t1", "t2", "t3"], width=WIDTH)
 
     # then
     assert feedback[0].tolist() == [5120.0, 1290.0, 5101.0, 19.0]
@@ -563,18 +577,44 @@ def test_feedback_survives_a_save_and_load(store: StateStore) -> None:
     assert np.isnan(feedback[2]).all()
 
 
+def test_budgets_in_flight_are_stored_with_the_feedback_and_loaded_beside_it(
+    store: StateStore,
+) -> None:
+    # given: a publish answered with t1's counters, after it gave t1 and t2 budgets
+    store.save_feedback_rows(
+        ["t1"],
+        np.array([[40.0, 9.0, 38.0, 2.0]]),
+        in_flight=(["t1", "t2"], np.array([5.0, 0.0])),
+    )
+    # a later publish changed only t2's budget and returned no counters
+    store.save_feedback_rows([], np.empty((0, 4)), in_flight=(["t2"], np.array([3.0])))
+
+    # when
+    _, feedback, in_flight = store.load(["t1", "t2", "t3"], width=WIDTH)
+
+    # then
+    assert feedback[0].tolist() == [40.0, 9.0, 38.0, 2.0]
+    assert np.isnan(feedback[1]).all()
+    assert in_flight[:2].tolist() == [5.0, 3.0]
+    assert np.isnan(in_flight[2])
+
+
 def test_forget_drops_state_and_feedback(store: StateStore) -> None:
     # given
     store.save(["t1", "t2"], np.ones((2, WIDTH)))
     store.save_feedback({"t1": OfferFeedback(1, 1, 1, 0), "t2": OfferFeedback(2, 2, 2, 0)})
 
+    store.save_feedback_rows([], np.empty((0, 4)), in_flight=(["t1", "t2"], np.array([4.0, 1.0])))
+
     # when
     store.forget(["t1"])
 
     # then
-    loaded, feedback = store.load(["t1", "t2"], width=WIDTH)
+    loaded, feedback, in_flight = store.load(["t1", "t2"], width=WIDTH)
     assert np.isnan(loaded[0]).all()
     assert np.isnan(feedback[0]).all()
+    assert np.isnan(in_flight[0])
+    assert in_flight[1] == 1.0
     assert loaded[1].tolist() == [1.0] * WIDTH
     assert feedback[1].tolist() == [2.0, 2.0, 2.0, 0.0]
 

@@ -213,7 +213,7 @@ def test_a_published_cycle_stores_feedback_and_lets_the_next_cycle_start(
     assert redis.hget(services.keys.last_publish, "kind") == b"full"
     assert redis.hget(services.keys.last_cycle, "status") == b"published"
     assert redis.hget(services.keys.counters, "cycles_published") == b"1"
-    _, feedback = services.state.load(["a", "b"], width=1)
+    _, feedback, _ = services.state.load(["a", "b"], width=1)
     assert feedback[0].tolist() == [10.0, 3.0, 9.0, 1.0]
     assert np.isnan(feedback[1]).all()
     assert start_cycle(services).seq == context.seq + 1
@@ -232,11 +232,11 @@ def test_the_audit_is_handed_over_before_the_post_and_settled_before_the_feedbac
 
     real_store = pipeline._store_feedback
 
-    def store_feedback(*args: Any) -> None:
-        _, feedback = services.state.load(["a"], width=1)
+    def store_feedback(*args: Any, **kwargs: Any) -> None:
+        _, feedback, _ = services.state.load(["a"], width=1)
         settled = services.redis.exists(services.keys.audit_outcome(context.seq)) > 0
         settled_with_feedback_missing.append(settled and bool(np.isnan(feedback[0]).all()))
-        real_store(*args)
+        real_store(*args, **kwargs)
 
     # when
     with pytest.MonkeyPatch.context() as patch:
@@ -259,7 +259,7 @@ def test_the_audit_is_handed_over_before_the_post_and_settled_before_the_feedbac
     assert settled_with_feedback_missing == [True]
     assert services.redis.lrange(services.keys.audit_settled(context.seq), 0, -1) == [b"1"]
     assert stored_json(services, context.seq)["publish_status"] == "published"  # type: ignore[index]
-    _, feedback = services.state.load(["a"], width=1)
+    _, feedback, _ = services.state.load(["a"], width=1)
     assert feedback[0].tolist() == [10.0, 3.0, 9.0, 1.0]
 
 
@@ -282,7 +282,7 @@ def test_malformed_feedback_from_a_receiver_that_took_the_cycle_keeps_it_publish
     # then: published with its decisions (the receiver holds them); no counters stored
     assert record.publish_status == "published"
     assert len(record.decisions) == 3
-    _, feedback = services.state.load(["a"], width=1)
+    _, feedback, _ = services.state.load(["a"], width=1)
     assert np.isnan(feedback[0]).all()
     assert start_cycle(services).seq == context.seq + 1
 
@@ -307,6 +307,27 @@ def test_a_change_is_published_as_a_delta_with_only_the_changed_target(
     assert body["channels"] == {"chat": {"proactive_budget": 11, "ready_capacity": 6}}
     assert record.payload_kind == "delta"
     assert record.changed_count == 1
+
+
+def test_the_budgets_each_acknowledged_publish_gave_are_kept_as_in_flight(
+    services: Services, stub: HttpStub
+) -> None:
+    # given: a full publish, a delta that changes only b, then one the receiver refuses
+    publish(services, start_cycle(services), BUDGETS)
+    _, _, after_full = services.state.load(["a", "b", "c"], width=1)
+    publish(services, start_cycle(services), {**BUDGETS, "b": 7})
+    _, _, after_delta = services.state.load(["a", "b", "c"], width=1)
+    stub.on("POST", PUBLISH_PATH, json_response({"error": "invalid_payload"}, status=400))
+
+    # when
+    refused = publish(services, start_cycle(services), {**BUDGETS, "a": 9})
+
+    # then: the next cycle counts what the last delivered publish allowed as in flight
+    assert after_full.tolist() == [1.0, 2.0, 3.0]
+    assert after_delta.tolist() == [1.0, 7.0, 3.0]
+    assert refused.publish_status == "failed"
+    _, _, after_refusal = services.state.load(["a", "b", "c"], width=1)
+    assert after_refusal.tolist() == [1.0, 7.0, 3.0]
 
 
 def test_the_audit_record_holds_the_changed_rows_of_a_delta_and_all_rows_of_a_full(

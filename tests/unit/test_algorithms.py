@@ -79,6 +79,9 @@ def warm_state(n: int = 1, /, **overrides: float) -> NDArray[np.float64]:
         "reactive_weight": 0.0,
         "reactive_seconds_weight": 600.0,
         "handle_time_seconds": 180.0,
+        "last_agents_busy": 0.0,
+        "busy_seconds_weight": 18_000.0,
+        "completed_weight": 100.0,
         "trim": 0.0,
         "carry": 0.0,
         "resolved_seen": 1000.0,
@@ -285,16 +288,18 @@ def test_unreadable_staffing_is_an_error(staffing: dict[str, float]) -> None:
     assert result.proactive_budget.tolist() == [0]
 
 
-def test_missing_counters_and_feedback_fall_back_to_priors() -> None:
-    # given
+def test_missing_statistics_counters_fall_back_to_priors() -> None:
+    # given: the engagement platform has reported this target (nothing sent yet), the Stat
+    # Server gives staffing but none of its counters
     inputs = make_inputs(
         agents_ready=3.0,
         aht_seconds=math.nan,
         answered_total=math.nan,
         abandoned_total=math.nan,
-        offers_accepted_total=math.nan,
-        offers_resolved_total=math.nan,
-        offers_pending=math.nan,
+        offers_sent_total=0.0,
+        offers_accepted_total=0.0,
+        offers_resolved_total=0.0,
+        offers_pending=0.0,
         reactive_arrivals_total=math.nan,
     )
 
@@ -304,6 +309,34 @@ def test_missing_counters_and_feedback_fall_back_to_priors() -> None:
     # then
     assert result.reason.tolist() == [Reason.COLD_START]
     assert result.proactive_budget[0] > 0
+
+
+def test_a_target_the_engagement_platform_never_reported_waits_for_its_counters() -> None:
+    # given: new, or its state and feedback were lost: what is outstanding is unknown
+    inputs = make_inputs(
+        agents_ready=3.0,
+        offers_sent_total=math.nan,
+        offers_accepted_total=math.nan,
+        offers_resolved_total=math.nan,
+        offers_pending=math.nan,
+        offers_in_flight=math.nan,
+    )
+
+    # when
+    first = run(inputs)
+    reported = dataclasses.replace(
+        inputs,
+        offers_sent_total=np.array([40.0]),
+        offers_accepted_total=np.array([9.0]),
+        offers_resolved_total=np.array([38.0]),
+        offers_pending=np.array([2.0]),
+    )
+    second = run(reported, state=first.state)
+
+    # then: no invitation until the answer to a publish says what is outstanding
+    assert first.reason.tolist() == [Reason.COLD_START]
+    assert first.proactive_budget.tolist() == [0]
+    assert second.proactive_budget[0] > 0
 
 
 def test_max_budget_caps_every_target() -> None:
@@ -362,6 +395,27 @@ def test_each_algorithm_is_paced_by_its_rule() -> None:
     )
     assert budget[Algorithm.PREDICTIVE_B] == budget[Algorithm.PREDICTIVE_B_DUAL]
     assert budget[Algorithm.PREDICTIVE_B] < budget[Algorithm.SUPER_PROGRESSIVE]
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "free_slots", "busy_slots"),
+    [(Algorithm.SUPER_PROGRESSIVE, 6.0, 0.0), (Algorithm.PREDICTIVE_B, 6.0, 34.0)],
+)
+def test_invitations_in_flight_count_as_pending(
+    algorithm: Algorithm, free_slots: float, busy_slots: float
+) -> None:
+    # given: the same warm group with nothing pending, with 8 invitations the last publish
+    # allowed (not yet in any counter), and with those 8 already reported pending
+    inputs = warm_inputs(3, agents_ready=free_slots, agents_busy=busy_slots)
+    in_flight = dataclasses.replace(inputs, offers_in_flight=np.array([0.0, 8.0, 0.0]))
+    reported = dataclasses.replace(in_flight, offers_pending=np.array([0.0, 0.0, 8.0]))
+
+    # when
+    result = run(reported, make_targets(3, algorithm=algorithm), warm_state(3))
+
+    # then
+    nothing, allowed, pending = result.proactive_budget.tolist()
+    assert allowed == pending < nothing
 
 
 # --- carry (§2) -------------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""The estimators of algorithm.md §1 on sequences of observations (algorithms._estimators)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pacing.algorithms import PacingParameters, cold_state
+from pacing.algorithms._estimators import Observation, estimate, observe
+
+NOW = 1_750_000_000.0
+PERIOD = 2.0
+PARAMETERS = PacingParameters()
+
+
+def observation(*, answered: float, busy: float, aht: float) -> Observation:
+    def one(value: float) -> np.ndarray:
+        return np.array([value])
+
+    return Observation(
+        answered_total=one(answered),
+        abandoned_total=one(0.0),
+        reactive_arrivals_total=one(0.0),
+        offers_accepted_total=one(math.nan),
+        offers_resolved_total=one(math.nan),
+        offers_pending=one(math.nan),
+        interactions_waiting=one(0.0),
+        agents_busy=one(busy),
+        aht_seconds=one(aht),
+    )
+
+
+def test_a_filling_group_is_not_taken_for_faster_than_it_is() -> None:
+    # given: 100 slots fill in the first minute; the Stat Server's AHT averages the few short
+    # interactions that have ended (30 s), as it does at the start of a group's day
+    state = cold_state(1)
+    answered = 0.0
+    for cycle in range(1, 31):
+        busy = min(100.0, cycle * 100.0 / 30.0)
+        answered = busy + cycle * 0.1  # a few have ended
+        state, _ = observe(
+            state,
+            observation(answered=answered, busy=busy, aht=30.0),
+            now=NOW + PERIOD * cycle,
+            parameters=PARAMETERS,
+        )
+
+    # when
+    handle_time = float(estimate(state, PARAMETERS).handle_time[0])
+
+    # then: busy time accrues before interactions end, so the estimate errs long, not short
+    assert handle_time >= PARAMETERS.prior_handle_time_seconds
+
+
+def test_in_a_steady_state_the_handle_time_is_busy_slots_over_completions() -> None:
+    # given: 50 busy slots, one completion (and one new answer) every 2 s: h = 100 s; the
+    # Stat Server reports an AHT below that (another definition, or a lagging window)
+    state = cold_state(1)
+    for cycle in range(1, 2000):
+        state, _ = observe(
+            state,
+            observation(answered=float(cycle), busy=50.0, aht=60.0),
+            now=NOW + PERIOD * cycle,
+            parameters=PARAMETERS,
+        )
+
+    # when
+    handle_time = float(estimate(state, PARAMETERS).handle_time[0])
+
+    # then
+    # (the prior's ten pseudo-interactions at 180 s weigh against 450 remembered ones)
+    assert handle_time == pytest.approx(100.0, rel=0.03)
+
+
+def test_a_longer_aht_than_the_busy_slots_show_is_believed() -> None:
+    # given: the same steady group, with the Stat Server reporting 240 s (wrap-up that the
+    # busy slots do not show, say)
+    state = cold_state(1)
+    for cycle in range(1, 2000):
+        state, _ = observe(
+            state,
+            observation(answered=float(cycle), busy=50.0, aht=240.0),
+            now=NOW + PERIOD * cycle,
+            parameters=PARAMETERS,
+        )
+
+    # when / then
+    assert float(estimate(state, PARAMETERS).handle_time[0]) == pytest.approx(240.0, rel=0.01)
