@@ -74,6 +74,9 @@ class Estimates:
     """The model parameters of §1 for a batch of rows."""
 
     accept_probability: Array  # p, also used as q (§1: q ≈ p)
+    #: α + β of p's Beta posterior: the prior's weight plus the resolved invitations remembered
+    #: (how sure p is; SUPER_PROGRESSIVE's acceptances are beta-binomial with it)
+    accept_concentration: Array
     resolve_delay: Array  # d, seconds
     handle_time: Array  # h, seconds
     abandon_rate: Array  # θ, per second
@@ -209,6 +212,9 @@ def estimate(state: Array, parameters: PacingParameters) -> Estimates:
     prior = _priors(parameters)
     return Estimates(
         accept_probability=_clip(accept_probability, ACCEPT_PROBABILITY_RANGE, prior.p),
+        accept_concentration=np.where(
+            np.isfinite(resolved) & (resolved >= 0), accept_weight + resolved, accept_weight
+        ),
         resolve_delay=_clip(resolve_delay, RESOLVE_DELAY_RANGE, prior.d),
         handle_time=_clip(handle_time, HANDLE_TIME_RANGE, prior.h),
         abandon_rate=_clip(abandon_rate, ABANDON_RATE_RANGE, prior.theta),
@@ -227,6 +233,9 @@ def with_priors(estimates: Estimates, parameters: PacingParameters) -> Estimates
     prior = _priors(parameters)
     return Estimates(
         accept_probability=np.where(cold, prior.p, estimates.accept_probability),
+        accept_concentration=np.where(
+            cold, parameters.prior_accept_weight, estimates.accept_concentration
+        ),
         resolve_delay=np.where(cold, prior.d, estimates.resolve_delay),
         handle_time=estimates.handle_time,
         abandon_rate=np.where(cold, prior.theta, estimates.abandon_rate),

@@ -130,6 +130,7 @@ def super_progressive(model: Model, parameters: PacingParameters) -> Decision:
         headroom=headroom,
         pending=model.pending,
         accept_probability=estimates.accept_probability,
+        accept_concentration=estimates.accept_concentration,
         survival=survival_exponent(servers, handle_time, estimates.abandon_rate),
         allowance=model.allowance,
         cap=model.cap,
@@ -419,6 +420,7 @@ def _subset(model: Model, rows: NDArray[np.intp]) -> Model:
         pending=model.pending[rows],
         estimates=Estimates(
             accept_probability=estimates.accept_probability[rows],
+            accept_concentration=estimates.accept_concentration[rows],
             resolve_delay=estimates.resolve_delay[rows],
             handle_time=estimates.handle_time[rows],
             abandon_rate=estimates.abandon_rate[rows],

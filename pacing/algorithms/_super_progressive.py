@@ -5,11 +5,19 @@ queue), pending invitations P, acceptance probability q and survival exponent a 
 
     S(m)     = m − r(1 − r^m)/(1 − r)                  expected abandonments of m queued visitors
     φ(k)     = S(max(0, k − c))                        ... once k more visitors have accepted
-    E_ab(n)  = E[φ(K_n)] − φ(0),  K_n ~ Binomial(P + n, q)
-    slack(n) = g'·q·(P + n) − E_ab(n)                  g' = goal · e^β (§6)
+    E_ab(n)  = E[φ(K_n)] − φ(0),  K_n ~ BetaBinomial(P + n, α, β)
+    slack(n) = g'·q·(P + n) − E_ab(n)                  g' = goal · e^β (§6), q = α / (α + β)
 
 and the budget is the largest n ≤ cap with slack(n) ≥ 0, scanning n upward from 0 and stopping at
 the first violation.
+
+The acceptances are beta-binomial, not binomial: q is itself an estimate, the mean of a Beta
+posterior whose α + β (the *concentration*) is the prior's weight plus the resolved invitations
+remembered (_estimators). A target that has seen thousands of invitations knows q, and the law is
+binomial in all but name; a target in its cold start knows only the prior (α + β = 20), and a
+pipeline of 50 invitations may bring 5 or 25 visitors. Budgets then ramp up as the feedback
+arrives instead of trusting the prior all at once (algorithm.md §2, cold start): with the binomial,
+a group whose true p was 0.58 against the prior's 0.25 queued 2.3 times what it could take.
 
 Why a bisection gives exactly that scan: φ is convex in k (S is convex and increasing from
 S(0) = 0), a binomial mixture of a convex function is convex in the number of trials, and so
@@ -28,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import gammaln
+from scipy.special import betaln, gammaln
 
 Array = NDArray[np.float64]
 _Probe = Callable[[NDArray[np.intp], Array], NDArray[np.bool_]]
@@ -73,16 +81,26 @@ def survival_exponent(servers: Array, handle_time: Array, abandon_rate: Array) -
 
 
 def expected_queue_abandonments(
-    trials: Array, accept_probability: Array, headroom: Array, survival: Array
+    trials: Array,
+    accept_probability: Array,
+    headroom: Array,
+    survival: Array,
+    concentration: Array | None = None,
 ) -> Array:
-    """E[S(max(0, K − c))] for K ~ Binomial(trials, q), row by row (§4.3).
+    """E[S(max(0, K − c))] for K ~ BetaBinomial(trials, q·κ, (1 − q)·κ), row by row (§4.3).
 
-    ``trials`` must hold non-negative integers; every argument is a 1-D array of one length.
+    ``concentration`` κ = α + β per row; None, infinite or beyond 1e7 (where the two laws
+    differ by less than the arithmetic does) is the binomial of q. ``trials`` must hold
+    non-negative integers; every argument is a 1-D array of one length.
     """
     with np.errstate(all="ignore"):
         q = np.clip(accept_probability, 0.0, _Q_MAX)
+        kappa = _concentration(concentration, trials.shape)
         mean = trials * q
-        spread = _TAIL_SDS * np.sqrt(mean * (1.0 - q)) + _TAIL_PAD
+        variance = (
+            mean * (1.0 - q) * np.where(np.isfinite(kappa), (kappa + trials) / (kappa + 1.0), 1.0)
+        )
+        spread = _TAIL_SDS * np.sqrt(variance) + _TAIL_PAD
         # Only k > c queues anybody, so the sum starts at the first integer above the headroom.
         first = np.maximum(np.floor(headroom) + 1.0, np.maximum(np.ceil(mean - spread), 0.0))
         last = np.minimum(trials, np.floor(mean + spread))
@@ -96,13 +114,25 @@ def expected_queue_abandonments(
         for members in _groups(counts[:-1]):
             rows = np.flatnonzero((block >= members[0]) & (block <= members[-1]))
             window = _Window(
-                trials[rows], q[rows], first[rows], width[rows], headroom[rows], survival[rows]
+                trials[rows],
+                q[rows],
+                kappa[rows],
+                first[rows],
+                width[rows],
+                headroom[rows],
+                survival[rows],
             )
             expected[rows] = _window_sums(window, block[rows], members)
         if counts[-1]:
             rows = np.flatnonzero(block == len(_WINDOW_BLOCKS))
             window = _Window(
-                trials[rows], q[rows], first[rows], width[rows], headroom[rows], survival[rows]
+                trials[rows],
+                q[rows],
+                kappa[rows],
+                first[rows],
+                width[rows],
+                headroom[rows],
+                survival[rows],
             )
             expected[rows] = _strided_sum(window)
     return expected
@@ -135,23 +165,43 @@ def _offsets(width: int) -> Array:
     return offsets
 
 
-def _log_binomial_pmf(k: Array, trials: Array, q: Array) -> Array:
+#: Beyond this concentration the beta-binomial is the binomial to within rounding (its variance
+#: differs by a factor 1 + M/κ), and betaln of such arguments would lose the difference anyway.
+_BINOMIAL_CONCENTRATION = 1e7
+
+
+def _concentration(concentration: Array | None, shape: tuple[int, ...]) -> Array:
+    """κ per row, infinite (the binomial) where none is given or it is beyond the threshold."""
+    if concentration is None:
+        return np.full(shape, np.inf)
+    kappa = np.asarray(concentration, dtype=np.float64)
+    usable = np.isfinite(kappa) & (kappa > 0) & (kappa < _BINOMIAL_CONCENTRATION)
+    return np.where(usable, kappa, np.inf)
+
+
+def _log_pmf(k: Array, trials: Array, q: Array, kappa: Array) -> Array:
+    """log P(K = k): binomial where κ is infinite, else beta-binomial with α = qκ, β = (1 − q)κ."""
     # Called under the errstate of expected_queue_abandonments (log(0) for q = 0 is fine).
-    log_pmf: Array = (
-        gammaln(trials + 1.0)
-        - gammaln(k + 1.0)
-        - gammaln(trials - k + 1.0)
-        + k * np.log(q)
-        + (trials - k) * np.log1p(-q)
-    )
+    log_choose = gammaln(trials + 1.0) - gammaln(k + 1.0) - gammaln(trials - k + 1.0)
+    binomial = k * np.log(q) + (trials - k) * np.log1p(-q)
+    finite = np.isfinite(kappa)
+    if not finite.any():
+        log_pmf: Array = log_choose + binomial
+        return log_pmf
+    alpha = np.where(finite, q * kappa, 1.0)
+    beta = np.where(finite, (1.0 - q) * kappa, 1.0)
+    beta_binomial = betaln(k + alpha, trials - k + beta) - betaln(alpha, beta)
+    log_pmf = log_choose + np.where(finite, beta_binomial, binomial)
     return log_pmf
 
 
 class _Window(NamedTuple):
-    """The rows of one block: K ~ Binomial(trials, q), summed over first .. first + width − 1."""
+    """The rows of one block: K ~ BetaBinomial(trials, qκ, (1 − q)κ) (binomial where κ is
+    infinite), summed over first .. first + width − 1."""
 
     trials: Array
     q: Array
+    kappa: Array
     first: Array
     width: Array
     headroom: Array
@@ -173,16 +223,27 @@ def _window_sums(window: _Window, block: NDArray[np.intp], members: list[int]) -
     # The rows of several blocks share one table as wide as the widest (cumulative products do
     # not depend on how far they run), but each block is summed over its own width only, so a
     # row's result does not depend on which other blocks were in its group.
-    trials, q, first, _, headroom, survival = window
+    trials, q, kappa, first, _, headroom, survival = window
     widest = _WINDOW_BLOCKS[members[-1]]
     k = first[:, None] + _offsets(widest)
-    odds = q / (1.0 - q)
     terms = np.empty((2, len(trials), widest))  # [0] the pmf's ratios, [1] the tilted ones
     ratio = terms[0]
     np.divide(trials[:, None] + 1.0 - k, k, out=ratio)
-    ratio *= odds[:, None]
+    finite = np.isfinite(kappa)
+    if finite.any():
+        # beta-binomial: pmf(k)/pmf(k − 1) = (M − k + 1)/k · (α + k − 1)/(β + M − k)
+        alpha = np.where(finite, q * kappa, 1.0)[:, None]
+        beta = np.where(finite, (1.0 - q) * kappa, 1.0)[:, None]
+        tilt = np.where(
+            finite[:, None],
+            (alpha + k - 1.0) / (beta + trials[:, None] - k),
+            (q / (1.0 - q))[:, None],
+        )
+        ratio *= tilt
+    else:
+        ratio *= (q / (1.0 - q))[:, None]
     np.maximum(ratio, 0.0, out=ratio)
-    ratio[:, 0] = np.exp(_log_binomial_pmf(first, trials, q))
+    ratio[:, 0] = np.exp(_log_pmf(first, trials, q, kappa))
     np.multiply(ratio, np.exp(-survival)[:, None], out=terms[1])
     terms[1, :, 0] = ratio[:, 0]
     products = np.cumprod(terms, axis=2)  # [0] pmf, [1] pmf·ρ^j
@@ -208,13 +269,13 @@ def _window_sums(window: _Window, block: NDArray[np.intp], members: list[int]) -
 def _strided_sum(window: _Window) -> Array:
     # Very wide windows (sd in the dozens): the pmf is smooth on the scale of the stride, so the
     # midpoint rule on 512 points is accurate to far better than the goal needs.
-    trials, q, first, width, headroom, survival = window
+    trials, q, kappa, first, width, headroom, survival = window
     points = _WINDOW_BLOCKS[-1]
     stride = np.ceil(width / points)
     offsets = np.arange(points, dtype=np.float64)
     k = first[:, None] + offsets * stride[:, None] + (stride[:, None] - 1.0) / 2.0
     inside = k <= (first + width - 1.0)[:, None]
-    log_pmf = _log_binomial_pmf(np.minimum(k, trials[:, None]), trials[:, None], q[:, None])
+    log_pmf = _log_pmf(np.minimum(k, trials[:, None]), trials[:, None], q[:, None], kappa[:, None])
     weight = np.where(inside, np.exp(log_pmf) * stride[:, None], 0.0)
     abandonments = queue_abandonments(k - headroom[:, None], survival[:, None])
     total: Array = np.einsum("ij,ij->i", weight, abandonments)
@@ -230,11 +291,13 @@ def super_progressive_budget(
     allowance: Array,
     cap: Array,
     interpolate: bool,
+    accept_concentration: Array | None = None,
 ) -> Array:
     """The budget x ∈ [0, cap] of §4.4, before rounding, for every row.
 
     ``headroom`` is c = F − Q, ``pending`` P (non-negative integers), ``survival`` a = −log r,
-    ``allowance`` g' = goal · e^β and ``cap`` the per-target maximum (non-negative integers).
+    ``allowance`` g' = goal · e^β and ``cap`` the per-target maximum (non-negative integers);
+    ``accept_concentration`` the α + β of q's posterior (None: q is known, the binomial).
     The result is the integer n*; with ``interpolate`` it is n* plus the fraction of the next
     invitation at which the slack, linear between n* and n* + 1, reaches zero, which the
     fractional carry turns into a rate below one invitation per cycle (§2).
@@ -255,10 +318,12 @@ def super_progressive_budget(
         budget[unbounded] = cap[unbounded]
         todo = np.flatnonzero(finite & ~unbounded & (cap > 0))
         if todo.size:
+            kappa = _concentration(accept_concentration, headroom.shape)
             problem = _Problem(
                 headroom=headroom[todo],
                 pending=pending[todo],
                 q=np.clip(accept_probability[todo], 0.0, _Q_MAX),
+                kappa=kappa[todo],
                 survival=survival[todo],
                 allowance=allowance[todo],
                 cap=cap[todo],
@@ -277,6 +342,7 @@ class _Problem:
         headroom: Array,
         pending: Array,
         q: Array,
+        kappa: Array,
         survival: Array,
         allowance: Array,
         cap: Array,
@@ -284,6 +350,7 @@ class _Problem:
         self.headroom = headroom
         self.pending = pending
         self.q = q
+        self.kappa = kappa
         self.survival = survival
         self.allowance = allowance
         self.cap = cap
@@ -298,7 +365,7 @@ class _Problem:
         """g'·q·(P + n) − E_ab(n), exactly."""
         trials = self.pending[rows] + n
         expected = expected_queue_abandonments(
-            trials, self.q[rows], self.headroom[rows], self.survival[rows]
+            trials, self.q[rows], self.headroom[rows], self.survival[rows], self.kappa[rows]
         )
         return self.allowance[rows] * self.q[rows] * trials - (expected - self.baseline[rows])
 
@@ -322,8 +389,12 @@ class _Problem:
         mean = q * trials
         excess = np.maximum(trials - c, 0.0)
         top = self.abandonments(rows, excess)  # φ(M)
+        kappa = self.kappa[rows]
+        variance = (
+            mean * (1.0 - q) * np.where(np.isfinite(kappa), (kappa + trials) / (kappa + 1.0), 1.0)
+        )
         beyond = mean - c
-        tail = 0.5 * (beyond + np.sqrt(trials * q * (1.0 - q) + beyond * beyond))
+        tail = 0.5 * (beyond + np.sqrt(variance + beyond * beyond))
         bound = np.where(
             c >= 0,
             np.where(excess > 0, top / excess * tail, 0.0),

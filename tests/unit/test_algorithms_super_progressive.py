@@ -231,3 +231,76 @@ def test_many_rows_are_solved_like_one() -> None:
         for c in cases
     ]
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-12)
+
+
+# --- q uncertain: beta-binomial acceptances ---------------------------------------------------
+
+
+def brute_beta_binomial_expected(
+    trials: int, q: float, kappa: float, headroom: float, r: float
+) -> float:
+    """E[S(max(0, K − c))] by enumerating K ~ BetaBinomial(trials, qκ, (1 − q)κ)."""
+    alpha, beta = q * kappa, (1.0 - q) * kappa
+
+    def log_beta(a: float, b: float) -> float:
+        return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+    return sum(
+        math.comb(trials, k)
+        * math.exp(log_beta(k + alpha, trials - k + beta) - log_beta(alpha, beta))
+        * closed_form(max(0.0, k - headroom), r)
+        for k in range(trials + 1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("trials", "q", "kappa", "headroom", "r"),
+    [
+        (1, 0.25, 20.0, 0.0, 0.25),
+        (12, 0.25, 20.0, 2.0, 0.9),
+        (50, 0.25, 20.0, 10.0, 0.97),
+        (200, 0.4, 120.0, 60.0, 0.985),
+        (600, 0.25, 20.0, 150.0, 0.98),  # a strided window: sd in the dozens
+        (30, 0.5, 1e5, 8.3, 0.75),
+    ],
+)
+def test_beta_binomial_expectations_match_enumeration(
+    trials: int, q: float, kappa: float, headroom: float, r: float
+) -> None:
+    # given / when
+    computed = expected_queue_abandonments(
+        np.array([float(trials)]),
+        np.array([q]),
+        np.array([headroom]),
+        np.array([-math.log(r)]),
+        np.array([kappa]),
+    )[0]
+
+    # then (the strided rule of the widest windows is approximate, by design)
+    expected = brute_beta_binomial_expected(trials, q, kappa, headroom, r)
+    assert computed == pytest.approx(expected, rel=1e-3 if trials >= 600 else 1e-9, abs=1e-12)
+
+
+def test_an_uncertain_acceptance_probability_sends_fewer_and_a_known_one_as_many() -> None:
+    # given: 40 free slots, nothing pending, q = 0.25 from the prior alone, from 400 resolved
+    # invitations, and known exactly
+    def budget(concentration: float | None) -> float:
+        return float(
+            super_progressive_budget(
+                headroom=np.array([40.0]),
+                pending=np.array([0.0]),
+                accept_probability=np.array([0.25]),
+                survival=np.array([-math.log(0.97)]),
+                allowance=np.array([0.03]),
+                cap=np.array([1000.0]),
+                interpolate=False,
+                accept_concentration=None if concentration is None else np.array([concentration]),
+            )[0]
+        )
+
+    # when
+    prior, learnt, known = budget(20.0), budget(420.0), budget(None)
+
+    # then: the less sure, the fewer; the binomial is the limit
+    assert prior < learnt <= known
+    assert budget(1e9) == known
