@@ -13,6 +13,7 @@ Public surface::
     group_rows(...), cross_checks(...)   figures and verdicts
 """
 
+from pacing.evaluation._batch import RowResult, erlang_reference, simulate_batch
 from pacing.evaluation._grid import full_grid, quick_grid, tiny_grid
 from pacing.evaluation._report import (
     Check,
@@ -25,13 +26,11 @@ from pacing.evaluation._report import (
 )
 from pacing.evaluation._runner import run_rows
 from pacing.evaluation._scenario import Pacer, Scenario, Stress
-from pacing.evaluation._world import RowResult, Run, erlang_reference
 
 __all__ = [
     "Check",
     "Pacer",
     "RowResult",
-    "Run",
     "Scenario",
     "ScenarioReport",
     "Stress",
@@ -43,6 +42,7 @@ __all__ = [
     "group_rows",
     "quick_grid",
     "run_rows",
+    "simulate_batch",
     "tiny_grid",
     "verdict_of",
 ]

@@ -1,25 +1,28 @@
 """The scenario grids of algorithm.md §8: ``quick`` (minutes on 2 cores) and ``full`` (hours).
 
 Both hold the world of §4's figures fixed unless a scenario varies it: p = 0.25, d = 10 s,
-h = 180 s (lognormal, CV 1), patience 60 s, Δ = 2 s. Replicas (seeds) are cheap, because every
-row of a batch is paced by one vectorised ``pace()`` call per tick, while simulated hours cost a
-call per tick; so the grids buy precision with seeds rather than with hours.
+h = 180 s (lognormal, CV 1), patience 60 s, Δ = 2 s. The world is vectorised over targets and
+every row of a batch is paced by the same cycle, while each simulated second costs its steps
+and cycles: so the grids buy precision with replicas (seeds) rather than with hours.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from pacing.domain import Algorithm, Objective
+from pacing.evaluation._batch import self_check_rate
 from pacing.evaluation._scenario import Pacer, Scenario, Stress
-from pacing.evaluation._world import self_check_rate
 
 QUICK_SLOTS = (1, 2, 5, 10, 30, 100)
 FULL_SLOTS = (1, 2, 5, 10, 30, 100, 300)
 #: Below this group size the documented split uses SUPER_PROGRESSIVE (algorithm.md §5).
 LARGE_GROUP = 30
-#: The self-check simulates this many arrivals per seed (events only, no pacing calls).
-SELF_CHECK_ARRIVALS = 20000.0
+#: The self-check simulates about this many arrivals in all, spread over as many replicas of
+#: the group as its load needs within SELF_CHECK_HOURS (no pacing: the world steps alone).
+SELF_CHECK_ARRIVALS = 40000.0
+SELF_CHECK_HOURS = 5.0
 
 #: (label, objective, goal %) of the goals every grid evaluates.
 GOALS: tuple[tuple[str, Objective, int], ...] = (
@@ -36,19 +39,20 @@ def dual_algorithm(slots: int) -> Algorithm:
     return Algorithm.PREDICTIVE_B_DUAL
 
 
-def _self_check(slots: int, seeds: int) -> Scenario:
-    # Each seed gets about SELF_CHECK_ARRIVALS arrivals, whatever the size: λ*/μ at 3 % is
-    # about 0.04 for one slot and 97 for 100 slots. Poisson rows cost events, never ticks.
+def _self_check(slots: int) -> Scenario:
+    # λ*/μ at 3 % is about 0.04 for one slot and 97 for 100 slots: a one-slot group sees a
+    # visitor an hour, so it gets thousands of replicas and a hundred-slot group a few.
     probe = Scenario(name="probe", slots=slots, pacer=Pacer.POISSON)
-    per_hour = self_check_rate(probe) * 3600.0
-    hours = max(SELF_CHECK_ARRIVALS / per_hour, 4.0)
+    warmup = 1.0
+    per_replica = self_check_rate(probe) * 3600.0 * (SELF_CHECK_HOURS - warmup)
     return Scenario(
         name=f"selfcheck-{slots}",
         slots=slots,
         pacer=Pacer.POISSON,
-        hours=hours,
-        warmup_hours=min(1.0, hours / 4.0),
-        seeds=seeds,
+        hours=SELF_CHECK_HOURS,
+        warmup_hours=warmup,
+        # at least 16: a large group's abandonments come in bursts, so its replicas vary
+        seeds=max(16, math.ceil(SELF_CHECK_ARRIVALS / per_replica)),
     )
 
 
@@ -70,8 +74,8 @@ def quick_grid(*, seeds: int = 0) -> list[Scenario]:
 
     ``seeds`` overrides the per-scenario replica counts (0 keeps them).
     """
-    small_seeds, large_seeds = (seeds, seeds) if seeds else (16, 8)
-    hours, warmup = 8.0, 1.0
+    small_seeds, large_seeds = (seeds, seeds) if seeds else (32, 16)
+    hours, warmup = 4.0, 1.0
     scenarios: list[Scenario] = []
     for label, objective, goal in GOALS:
         for slots in QUICK_SLOTS:
@@ -102,7 +106,7 @@ def quick_grid(*, seeds: int = 0) -> list[Scenario]:
                     seeds=large_seeds,
                 )
             )
-    scenarios.extend(_self_check(slots, seeds or 16) for slots in QUICK_SLOTS)
+    scenarios.extend(_self_check(slots) for slots in QUICK_SLOTS)
     return scenarios
 
 
@@ -115,7 +119,7 @@ def full_grid(*, seeds: int = 0) -> list[Scenario]:
     scenarios: list[Scenario] = []
 
     def hours_for(slots: int) -> tuple[float, float]:
-        return (104.0, 4.0) if slots < 10 else (24.0, 2.0)
+        return 24.0, 2.0
 
     for label, objective, goal in GOALS:
         for slots in FULL_SLOTS:
@@ -128,13 +132,14 @@ def full_grid(*, seeds: int = 0) -> list[Scenario]:
                     goal_percent=goal,
                     hours=total,
                     warmup_hours=warmup,
-                    seeds=count,
+                    # small groups need many visitors: 32 replicas × 22 hours
+                    seeds=count * 4 if slots < 10 else count,
                 )
             )
     for slots in FULL_SLOTS:
         total, warmup = hours_for(slots)
         scenarios.append(_progressive(slots, hours=total, warmup_hours=warmup, seeds=count))
-        scenarios.append(_self_check(slots, count))
+        scenarios.append(_self_check(slots))
     scenarios.extend(_axes(count))
     scenarios.extend(_stress(count))
     return scenarios
@@ -149,27 +154,25 @@ def _axes(count: int) -> Iterable[Scenario]:
     ]
     for label, change in variations:
         for slots in (2, 10, 30, 100):
-            total, warmup = (104.0, 4.0) if slots < 10 else (24.0, 2.0)
             yield Scenario(
                 name=f"axis-{label}-{slots}",
                 slots=slots,
-                hours=total,
-                warmup_hours=warmup,
-                seeds=count,
+                hours=24.0,
+                warmup_hours=2.0,
+                seeds=count * 4 if slots < 10 else count,
                 **change,  # type: ignore[arg-type]
             )
     for share in (0.1, 0.3, 0.5):
         for slots in (5, 10, 30, 100):
-            total, warmup = (104.0, 4.0) if slots < 10 else (24.0, 2.0)
             yield Scenario(
                 name=f"dual-abandon3-{slots}-reactive{round(share * 100)}",
                 slots=slots,
                 algorithm=dual_algorithm(slots),
                 reactive_share=share,
                 proactive_ratio=0.7,
-                hours=total,
-                warmup_hours=warmup,
-                seeds=count,
+                hours=24.0,
+                warmup_hours=2.0,
+                seeds=count * 4 if slots < 10 else count,
             )
 
 
@@ -210,7 +213,7 @@ def tiny_grid() -> list[Scenario]:
             **short,  # type: ignore[arg-type]
         ),
         Scenario(
-            name="selfcheck-10", slots=10, pacer=Pacer.POISSON, hours=2.0, warmup_hours=0.2, seeds=2
+            name="selfcheck-10", slots=10, pacer=Pacer.POISSON, hours=2.0, warmup_hours=0.2, seeds=8
         ),
     ]
 

@@ -12,9 +12,9 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from pacing.domain import Objective
+from pacing.evaluation._batch import WINDOW_SECONDS, RowResult, erlang_reference
 from pacing.evaluation._grid import LARGE_GROUP
 from pacing.evaluation._scenario import STEP_CHANGES, Pacer, Scenario
-from pacing.evaluation._world import WINDOW_SECONDS, RowResult, erlang_reference
 
 #: The pass criteria of algorithm.md §8, in fractions.
 TOLERANCE_LARGE = 0.005  # |abandonment − goal| for N ≥ 10
@@ -53,6 +53,11 @@ class ScenarioReport:
     trim: float
     worst_window_abandonment: float  # after a step change (NaN without one)
     budget_errors: int
+    #: the first 15 minutes from an empty state, pooled over seeds: abandonment (with the
+    #: bounds of its 95 % Wilson interval) and occupancy
+    cold_abandonment: float = math.nan
+    cold_abandonment_low: float = math.nan
+    cold_occupancy: float = math.nan
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -84,6 +89,12 @@ class ScenarioReport:
             "reactive_state": _finite(self.reactive_state),
             "final_trim": _finite(self.trim),
             "worst_15min_abandonment_after_step": _finite(self.worst_window_abandonment),
+            "cold_start": {
+                "minutes": 15,
+                "abandonment": _finite(self.cold_abandonment),
+                "abandonment_ci95_low": _finite(self.cold_abandonment_low),
+                "occupancy": _finite(self.cold_occupancy),
+            },
             "budget_errors": self.budget_errors,
             "passed": self.passed,
             "expected_to_pass": self.scenario.expected_to_pass,
@@ -115,14 +126,28 @@ def _algorithm_label(scenario: Scenario) -> str:
     return {Pacer.PROGRESSIVE: "PROGRESSIVE", Pacer.POISSON: "POISSON (Erlang-A)"}[scenario.pacer]
 
 
-def _estimate(values: Sequence[float]) -> Estimate:
-    data = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
-    if data.size == 0:
+def _estimate(numerators: Sequence[float], denominators: Sequence[float]) -> Estimate:
+    """The pooled ratio Σ numerators / Σ denominators over the seeds, with the half-width of a
+    95 % interval from the spread of the seeds' own ratios (a ratio estimator's).
+
+    Pooled, because a seed of a small group may see a handful of visitors (or none): the mean
+    of its ratios would weigh those as much as the busy seeds, and drop the empty ones.
+    """
+    top = np.array(numerators, dtype=np.float64)
+    bottom = np.array(denominators, dtype=np.float64)
+    usable = np.isfinite(top) & np.isfinite(bottom)
+    top, bottom = top[usable], bottom[usable]
+    total = float(bottom.sum())
+    if total <= 0:
         return Estimate(math.nan, math.nan)
-    if data.size == 1:
-        return Estimate(float(data[0]), math.nan)
-    spread = float(data.std(ddof=1)) / math.sqrt(data.size)
-    return Estimate(float(data.mean()), float(student_t.ppf(0.975, data.size - 1)) * spread)
+    ratio = float(top.sum()) / total
+    n = top.size
+    if n < 2:
+        return Estimate(ratio, math.nan)
+    # linearised: the residuals of each seed against the pooled ratio, scaled by the mean weight
+    residuals = (top - ratio * bottom) / (total / n)
+    spread = float(residuals.std(ddof=1)) / math.sqrt(n)
+    return Estimate(ratio, float(student_t.ppf(0.975, n - 1)) * spread)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -135,29 +160,57 @@ def summarise(scenario: Scenario, rows: Sequence[RowResult]) -> ScenarioReport:
     accepted = sum(sum(row.accepted) for row in rows)
     invitations = sum(row.invitations for row in rows)
     proactive_accepted = sum(row.accepted[0] for row in rows)
-    ticks = sum(row.ticks for row in rows)
+    cold_accepted = sum(sum(row.cold_start.accepted) for row in rows)
+    cold_abandoned = sum(sum(row.cold_start.abandoned) for row in rows)
     report = ScenarioReport(
         scenario=scenario,
         seeds=len(rows),
-        abandonment=_estimate([_ratio(sum(r.abandoned), sum(r.accepted)) for r in rows]),
-        proactive_abandonment=_estimate([_ratio(r.abandoned[0], r.accepted[0]) for r in rows]),
-        reactive_abandonment=_estimate([_ratio(r.abandoned[1], r.accepted[1]) for r in rows]),
-        occupancy=_estimate([_ratio(r.busy_seconds, r.staffed_seconds) for r in rows]),
+        abandonment=_estimate([sum(r.abandoned) for r in rows], [sum(r.accepted) for r in rows]),
+        proactive_abandonment=_estimate(
+            [r.abandoned[0] for r in rows], [r.accepted[0] for r in rows]
+        ),
+        reactive_abandonment=_estimate(
+            [r.abandoned[1] for r in rows], [r.accepted[1] for r in rows]
+        ),
+        occupancy=_estimate([r.busy_seconds for r in rows], [r.staffed_seconds for r in rows]),
         erlang_abandonment=erlang_abandonment,
         erlang_occupancy=erlang_occupancy,
         invitations_per_accepted=_ratio(invitations, proactive_accepted)
         if scenario.pacer is not Pacer.POISSON
         else math.nan,
-        reactive_state=_ratio(sum(r.reactive_state_sum for r in rows), ticks),
-        accepted=accepted,
+        reactive_state=_ratio(
+            sum(r.reactive_state_seconds for r in rows), sum(r.measured_seconds for r in rows)
+        ),
+        accepted=int(accepted),
         trim=float(np.nanmean([r.final_trim for r in rows]))
         if any(math.isfinite(r.final_trim) for r in rows)
         else math.nan,
         worst_window_abandonment=_worst_window(scenario, rows),
         budget_errors=sum(row.budget_errors for row in rows),
+        cold_abandonment=_ratio(cold_abandoned, cold_accepted),
+        cold_abandonment_low=_wilson_low(cold_abandoned, cold_accepted),
+        cold_occupancy=_ratio(
+            sum(row.cold_start.busy_seconds for row in rows),
+            sum(row.cold_start.staffed_seconds for row in rows),
+        ),
     )
     report.failures = _failures(report)
     return report
+
+
+def _wilson_low(successes: float, trials: float, z: float = 1.96) -> float:
+    """The lower bound of the Wilson score interval of successes / trials (NaN without trials).
+
+    The cold start is judged on it: a small group's 15 minutes hold a few dozen visitors, and
+    only an abandonment clearly above the bound counts against it.
+    """
+    if trials <= 0:
+        return math.nan
+    share = successes / trials
+    denominator = 1.0 + z * z / trials
+    centre = share + z * z / (2.0 * trials)
+    spread = z * math.sqrt(share * (1.0 - share) / trials + z * z / (4.0 * trials * trials))
+    return max((centre - spread) / denominator, 0.0)
 
 
 def _worst_window(scenario: Scenario, rows: Sequence[RowResult]) -> float:
@@ -211,6 +264,16 @@ def _failures(report: ScenarioReport) -> list[str]:
         worst = report.worst_window_abandonment
         if not worst < 2 * goal:
             failures.append(f"15-minute abandonment after the step reached {worst:.2%}")
+    if scenario.objective is Objective.ABANDONMENT_RATE and scenario.stress.value == "none":
+        # the cold start: its first 15 minutes, from an empty state, stay within goal + 1
+        # point (a Wilson bound above it, so that a few unlucky visitors of a small group
+        # do not fail it)
+        low = report.cold_abandonment_low
+        if low > goal + TOLERANCE_SMALL:
+            failures.append(
+                f"cold start: {report.cold_abandonment:.2%} abandonment in the first 15 minutes, "
+                "above goal + 1 point"
+            )
     return failures
 
 
@@ -283,7 +346,7 @@ def format_table(reports: Sequence[ScenarioReport], checks: Sequence[Check]) -> 
     header = (
         f"{'scenario':<34} {'slots':>5} {'algorithm':<22} {'goal':<8} "
         f"{'abandon % (95% CI)':>18} {'reactive %':>10} {'occupancy %':>16} {'Erlang-A':>8} "
-        f"{'inv/acc':>7} {'r.state':>7} {'result':<6}"
+        f"{'inv/acc':>7} {'r.state':>7} {'cold ab/occ %':>13} {'result':<6}"
     )
     lines = [header, "-" * len(header)]
     for report in reports:
@@ -310,13 +373,14 @@ def format_table(reports: Sequence[ScenarioReport], checks: Sequence[Check]) -> 
             f"{_percent(report.occupancy):>16} {erlang:>8} "
             f"{_number(report.invitations_per_accepted):>7} "
             f"{_number(report.reactive_state) if scenario.reactive_share > 0 else '-':>7} "
-            f"{verdict:<6}"
+            f"{_cold(report):>13} {verdict:<6}"
         )
         for failure in report.failures:
             lines.append(f"{'':<36}{failure}")
     lines.append("")
     lines.append("Erlang-A: occupancy of unpaced Poisson traffic at the same goal ('ab': its")
-    lines.append("abandonment, for the self-check rows). fail*: a baseline shown failing;")
+    lines.append("abandonment, for the self-check rows). cold: the first 15 minutes from an")
+    lines.append("empty state, pooled over seeds. fail*: a baseline shown failing;")
     lines.append("(pass)/(fail): a baseline shown for comparison, not judged.")
     for check in checks:
         lines.append(f"{'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
@@ -330,8 +394,8 @@ def format_markdown(reports: Sequence[ScenarioReport], checks: Sequence[Check]) 
     lines = [
         "| scenario | slots | algorithm | goal | abandonment % (95 % CI) | reactive ab. % "
         "| occupancy % (95 % CI) | Erlang-A occupancy % | invitations / accepted "
-        "| reactive_state | result |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| reactive_state | cold start: abandonment / occupancy % | result |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for report in reports:
         scenario = report.scenario
@@ -355,12 +419,19 @@ def format_markdown(reports: Sequence[ScenarioReport], checks: Sequence[Check]) 
         lines.append(
             f"| {scenario.name} | {scenario.slots} | {_algorithm_label(scenario)} | {goal} "
             f"| {_percent(report.abandonment)} | {reactive} | {_percent(report.occupancy)} "
-            f"| {erlang} | {_number(report.invitations_per_accepted)} | {state} | {verdict} |"
+            f"| {erlang} | {_number(report.invitations_per_accepted)} | {state} "
+            f"| {_cold(report)} | {verdict} |"
         )
     lines.append("")
     for check in checks:
         lines.append(f"- {'pass' if check.passed else '**fail**'}: {check.name} ({check.detail})")
     return "\n".join(lines)
+
+
+def _cold(report: ScenarioReport) -> str:
+    if report.scenario.pacer is Pacer.POISSON or not math.isfinite(report.cold_abandonment):
+        return "-"
+    return f"{report.cold_abandonment * 100:.1f} / {report.cold_occupancy * 100:.0f}"
 
 
 def _number(value: float) -> str:

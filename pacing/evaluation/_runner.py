@@ -9,8 +9,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pacing.evaluation._batch import RowResult, simulate_batch
 from pacing.evaluation._scenario import Pacer, Scenario
-from pacing.evaluation._world import RowResult, Run
 
 Row = tuple[Scenario, int]
 #: Called with the fraction of the whole grid done (0–1).
@@ -76,7 +76,7 @@ def _run_batch(arguments: tuple[int, list[Row], Any]) -> list[RowResult]:
         if messages is not None:
             messages.put((index, fraction))
 
-    return Run(batch).simulate(report)
+    return simulate_batch(batch, report)
 
 
 def run_rows(
@@ -97,7 +97,7 @@ def run_rows(
     if workers == 1 or len(batches) == 1:
         results: list[RowResult] = []
         for index, batch in enumerate(batches):
-            results.extend(Run(batch).simulate(functools.partial(update, index)))
+            results.extend(simulate_batch(batch, functools.partial(update, index)))
         return results
 
     # spawn, not fork: a forked child would inherit whatever threads the parent runs.

@@ -55,6 +55,7 @@ TOKEN = "evaluation-token"  # noqa: S105
 #: end, 10,000 targets about 130 ms (README, Performance); the world steps every 0.1 s.
 DEFAULT_CYCLE_LATENCY_SECONDS = 0.05
 _REDIS_START_SECONDS = 10.0
+LEASE_TTL_SECONDS = 86_400.0
 
 
 class VirtualClock:
@@ -175,6 +176,10 @@ class ServiceLoop:
                 "stat_server_backup_url": f"{SIMULATOR_BASE_URL}/statserver/backup",
                 "engagement_url": f"{SIMULATOR_BASE_URL}/engagement",
                 "engagement_token": TOKEN,
+                # The lease expires on Redis's wall clock. With one node nobody contests it,
+                # and a virtual-time run must not lose it to a busy machine: the first cycle
+                # presolves the operating points (seconds), and a lost lease is a lost publish.
+                "lease_ttl_seconds": LEASE_TTL_SECONDS,
                 **dict(settings or {}),
             }
         )
@@ -223,24 +228,36 @@ class ServiceLoop:
         every: float | None = None,
         observe: Callable[[float], None] | None = None,
         start: float | None = None,
+        events: Mapping[float, Callable[[], None]] | None = None,
     ) -> list[CycleOutcome]:
         """Tick every refresh period for ``seconds`` of virtual time from ``start`` (default:
-        now); ``observe(t)`` is called at ``start`` and every ``every`` seconds after, with the
-        world stepped to ``t`` (before that instant's tick)."""
+        now). ``observe(t)`` is called at ``start``, every ``every`` seconds after and at the
+        end, with the world stepped to ``t``; each of ``events`` (virtual time → action) runs
+        just before the first tick at or after its time."""
         begin = self.clock.now if start is None else start
+        end = begin + seconds
         ticks = round(seconds / self.period)
+        pending = sorted((events or {}).items())
         outcomes: list[CycleOutcome] = []
         next_observation = begin
         for k in range(ticks + 1):
-            at = begin + k * self.period
+            at = min(begin + k * self.period, end)
             while observe is not None and every is not None and next_observation <= at + 1e-9:
                 self.clock.set(next_observation)
                 self.world.advance(next_observation)
                 observe(next_observation)
                 next_observation += every
-            if k < ticks:
-                outcomes.append(self.tick(at))
+            if k == ticks:
+                break
+            while pending and pending[0][0] <= at:
+                pending.pop(0)[1]()
+            outcomes.append(self.tick(at))
         return outcomes
+
+    def wipe_state(self) -> None:
+        """Lose everything the service keeps in Redis, as a restart without persistence does:
+        lease, seq, per-target state, feedback, the last snapshot."""
+        self.services.redis.flushdb()
 
     def close(self) -> None:
         """Release the loop's connections."""

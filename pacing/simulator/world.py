@@ -68,6 +68,8 @@ class TargetSpec:
     patience_seconds: float  # mean of the exponential patience of a waiting visitor
     reactive_rate_per_second: float = 0.0  # > 0 makes the target dual
     name: str = ""
+    #: exponential handle times instead of lognormal (the evaluation's Erlang-A self-check)
+    exponential_handle: bool = False
 
     def __post_init__(self) -> None:
         if not is_valid_target_id(self.target_id):
@@ -207,10 +209,14 @@ class World:
         self._logged_in = int_column(spec.slots for spec in self.specs)
         self._staffed = int_column(spec.staffed for spec in self.specs)
         self._accept_p = column(spec.accept_probability for spec in self.specs)
-        handle_mean = column(spec.handle_mean_seconds for spec in self.specs)
+        self._handle_mean = column(spec.handle_mean_seconds for spec in self.specs)
         handle_cv = column(spec.handle_cv for spec in self.specs)
         self._handle_sigma: FloatArray = np.sqrt(np.log1p(handle_cv**2))
-        self._handle_mu: FloatArray = np.log(handle_mean) - self._handle_sigma**2 / 2
+        self._handle_mu: FloatArray = np.log(self._handle_mean) - self._handle_sigma**2 / 2
+        self._exponential: npt.NDArray[np.bool_] = np.fromiter(
+            (spec.exponential_handle for spec in self.specs), dtype=np.bool_, count=count
+        )
+        self._any_exponential = bool(self._exponential.any())
         patience = column(spec.patience_seconds for spec in self.specs)
         self._abandon_p_step: FloatArray = -np.expm1(-step_seconds / patience)
         reactive_rate = column(spec.reactive_rate_per_second for spec in self.specs)
@@ -272,6 +278,10 @@ class World:
         self._reactive_admitted = zeros()
         self._busy_steps_pro = zeros()
         self._busy_steps_rea = zeros()
+        self._staffed_steps = zeros()
+        self._reactive_state_steps: FloatArray = np.zeros(count)
+        # the feedback reports this share of the acceptances (a feed fault; 1 = the truth)
+        self._feedback_accept_scale: FloatArray = np.ones(count)
         self._steps_total = 0
         # Exponentially weighted handle-time sums for aht_seconds over a recent window.
         self._aht_sum: FloatArray = np.zeros(count)
@@ -441,6 +451,8 @@ class World:
 
         self._busy_steps_pro += self._busy_pro
         self._busy_steps_rea += self._busy_rea
+        self._staffed_steps += self._staffed
+        self._reactive_state_steps += self._reactive_state
         # The handle-time window decays once a second: cheap, and a second is nothing
         # against a 15-minute window.
         if step % self._aht_decay_every == 0:
@@ -473,6 +485,12 @@ class World:
         durations = self._rng.lognormal(
             self._handle_mu[chosen_target], self._handle_sigma[chosen_target]
         )
+        if self._any_exponential:
+            exponential = self._exponential[chosen_target]
+            if exponential.any():
+                durations[exponential] = self._rng.exponential(
+                    self._handle_mean[chosen_target[exponential]]
+                )
         slot_ends = t + durations
         self._slot_end[chosen] = slot_ends
         self._slot_duration[chosen] = durations
@@ -500,7 +518,11 @@ class World:
         free = (
             self._staffed[done_target] - self._busy_pro[done_target] - self._busy_rea[done_target]
         )
-        self._free_stack[self._slot_offset[done_target] + free + rank] = done
+        # After a logout (update_targets) a group can be busier than it is staffed: a slot
+        # that ends while that lasts leaves with its agent instead of rejoining the free stack.
+        position = free + rank
+        back = position >= 0
+        self._free_stack[self._slot_offset[done_target[back]] + position[back]] = done[back]
 
         reactive = self._slot_class[done] == _REACTIVE
         self._busy_pro -= np.bincount(done_target[~reactive], minlength=count)
@@ -574,9 +596,11 @@ class World:
         with self.lock:
             self.advance(now)
             rows = self._rows(target_ids)
+            accepted = self._offers_accepted[rows]
+            if (self._feedback_accept_scale[rows] != 1.0).any():
+                accepted = np.floor(accepted * self._feedback_accept_scale[rows]).astype(np.int64)
             counters = np.stack(
-                [self._offers_sent[rows], self._offers_accepted[rows], self._offers_resolved[rows]],
-                axis=1,
+                [self._offers_sent[rows], accepted, self._offers_resolved[rows]], axis=1
             )
             if changed_only:
                 moved = (counters != self._reported_feedback[rows]).any(axis=1)
@@ -598,6 +622,54 @@ class World:
             return np.arange(self._count, dtype=np.int64)
         rows = [self._index[i] for i in target_ids if i in self._index]
         return np.array(rows, dtype=np.int64)
+
+    # ----------------------------------------------------------- changes
+
+    def update_targets(
+        self,
+        target_ids: Sequence[str],
+        *,
+        staffed: int | None = None,
+        handle_mean_seconds: float | None = None,
+        accept_probability: float | None = None,
+        feedback_accept_scale: float | None = None,
+    ) -> None:
+        """Change targets from now on (the evaluation's step changes and feed faults).
+
+        ``staffed``: slots that take work, at most the logged-in slots; busy slots above it
+        finish their interaction first. ``feedback_accept_scale``: the engagement feedback
+        reports this share of the acceptances (0.8: a platform that under-reports by 20 %).
+        """
+        with self.lock:
+            rows = self._rows(target_ids)
+            if staffed is not None:
+                for row in rows.tolist():
+                    self._restaff(row, min(max(int(staffed), 0), int(self._logged_in[row])))
+            if handle_mean_seconds is not None:
+                if not (math.isfinite(handle_mean_seconds) and handle_mean_seconds > 0):
+                    raise ValueError("handle_mean_seconds must be positive.")
+                self._handle_mean[rows] = handle_mean_seconds
+                self._handle_mu[rows] = (
+                    np.log(handle_mean_seconds) - self._handle_sigma[rows] ** 2 / 2
+                )
+            if accept_probability is not None:
+                if not 0.0 <= accept_probability <= 1.0:
+                    raise ValueError("accept_probability must be in [0, 1].")
+                self._accept_p[rows] = accept_probability
+            if feedback_accept_scale is not None:
+                if not 0.0 <= feedback_accept_scale <= 1.0:
+                    raise ValueError("feedback_accept_scale must be in [0, 1].")
+                self._feedback_accept_scale[rows] = feedback_accept_scale
+
+    def _restaff(self, row: int, staffed: int) -> None:
+        # The free stack of the row is rebuilt from its slots that are not busy: slots are
+        # interchangeable, so which of them are staffed does not matter.
+        offset = int(self._slot_offset[row])
+        slots = np.arange(offset, offset + int(self._logged_in[row]), dtype=np.int64)
+        idle = slots[np.isinf(self._slot_end[slots])]
+        free = max(staffed - int(self._busy_pro[row] + self._busy_rea[row]), 0)
+        self._free_stack[offset : offset + free] = idle[:free]
+        self._staffed[row] = staffed
 
     # ------------------------------------------------------- stat server side
 
@@ -647,7 +719,7 @@ class World:
                     rows_list.append(row)
             rows = np.array(rows_list, dtype=np.int64)
             busy = self._busy_pro[rows] + self._busy_rea[rows]
-            ready = self._staffed[rows] - busy
+            ready = np.maximum(self._staffed[rows] - busy, 0)
             waiting = self._queue_pro[rows] + self._queue_rea[rows]
             handled = self._aht_count[rows]
             aht = np.where(
@@ -701,6 +773,35 @@ class World:
         with self.lock:
             self._baseline = {name: array.copy() for name, array in self._metric_arrays().items()}
             self._baseline_steps = self._steps_total
+
+    def counters(self, *, now: float | None = None) -> dict[str, npt.NDArray[np.float64]]:
+        """Cumulative per-target counters since the world began, in world order (copies).
+
+        What the evaluation differences between two instants: invitations ``offers_sent``,
+        proactive ``offers_accepted`` and reactive ``reactive_admitted`` visitors,
+        ``abandoned_pro``/``abandoned_rea``, ``reactive_arrivals``, and the slot-seconds
+        ``busy_seconds``/``staffed_seconds`` and the time integral ``reactive_state_seconds``.
+        """
+        with self.lock:
+            self.advance(now)
+            dt = self._dt
+            return {
+                "offers_sent": self._offers_sent.astype(np.float64),
+                "offers_accepted": self._offers_accepted.astype(np.float64),
+                "reactive_admitted": self._reactive_admitted.astype(np.float64),
+                "reactive_arrivals": self._reactive_arrivals.astype(np.float64),
+                "abandoned_pro": self._abandoned_pro.astype(np.float64),
+                "abandoned_rea": self._abandoned_rea.astype(np.float64),
+                "busy_seconds": (self._busy_steps_pro + self._busy_steps_rea).astype(np.float64)
+                * dt,
+                "staffed_seconds": self._staffed_steps.astype(np.float64) * dt,
+                "reactive_state_seconds": self._reactive_state_steps * dt,
+            }
+
+    def budgets(self) -> IntArray:
+        """The budget each target is being sent now (a copy, world order)."""
+        with self.lock:
+            return self._budget.copy()
 
     def _metric_arrays(self) -> dict[str, IntArray]:
         return {

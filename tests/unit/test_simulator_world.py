@@ -459,3 +459,103 @@ def test_feedback_after_a_delta_lists_only_the_counters_that_moved() -> None:
     assert moved["chat-0001"]["offers_sent_total"] > 0
     assert nothing_new == {}
     assert set(world.feedback()) == {"chat-0001", "chat-0002"}
+
+
+# --- changes of a target during a run (the evaluation's step changes and feed faults) ---------
+
+
+def test_a_logout_leaves_busy_agents_to_finish_and_never_reports_negative_readiness() -> None:
+    # given: a 10-slot group kept busy, then half its agents log out
+    world, clock = make_world([spec("chat-0001", slots=10, accept_probability=0.5)])
+    drive(world, clock, {"chat-0001": 8}, seconds=600)
+    busy_before = world.statistics(["chat-0001"])[0]["chat-0001"]["agents_busy"]
+
+    # when
+    world.update_targets(["chat-0001"], staffed=5)
+    rows = []
+    for _ in run_cycles(world, clock, {"chat-0001": 8}, seconds=1800):
+        rows.append(world.statistics(["chat-0001"])[0]["chat-0001"])
+
+    # then: the busy slots drain to the new staffing and stay within it
+    assert busy_before > 5
+    assert all(row["agents_ready"] >= 0 for row in rows)
+    assert max(row["agents_busy"] for row in rows[-300:]) <= 5
+    assert rows[-1]["agents_busy"] + rows[-1]["agents_ready"] == 5
+    counters = world.counters()
+    assert counters["staffed_seconds"][0] == pytest.approx(600 * 10 + 1800 * 5, rel=0.01)
+
+
+def test_staff_coming_back_are_put_to_work() -> None:
+    # given: a group down to 2 of its 10 slots, then all back
+    world, clock = make_world([spec("chat-0001", slots=10, accept_probability=0.5)])
+    world.update_targets(["chat-0001"], staffed=2)
+    drive(world, clock, {"chat-0001": 8}, seconds=600)
+
+    # when
+    world.update_targets(["chat-0001"], staffed=10)
+    drive(world, clock, {"chat-0001": 8}, seconds=1200)
+
+    # then
+    row = world.statistics(["chat-0001"])[0]["chat-0001"]
+    assert row["agents_busy"] > 5
+    assert row["agents_busy"] + row["agents_ready"] == 10
+
+
+def test_handle_time_and_acceptance_can_change_mid_run() -> None:
+    # given
+    world, clock = make_world([spec("chat-0001", slots=200, accept_probability=0.3)])
+    drive(world, clock, {"chat-0001": 10}, seconds=600)
+    before = world.feedback()["chat-0001"]
+
+    # when
+    world.update_targets(["chat-0001"], handle_mean_seconds=60.0, accept_probability=0.6)
+    drive(world, clock, {"chat-0001": 10}, seconds=2400)
+
+    # then
+    after = world.feedback()["chat-0001"]
+    accepted = after["offers_accepted_total"] - before["offers_accepted_total"]
+    resolved = after["offers_resolved_total"] - before["offers_resolved_total"]
+    assert accepted / resolved == pytest.approx(0.6, abs=0.04)
+    row = world.statistics(["chat-0001"])[0]["chat-0001"]
+    assert row["aht_seconds"] == pytest.approx(60.0, rel=0.2)
+
+
+def test_exponential_handle_times_have_their_mean_and_spread() -> None:
+    # given: reactive traffic only, far below capacity, exponential handle times of 100 s
+    world, clock = make_world(
+        [
+            spec(
+                "chat-0001",
+                slots=500,
+                handle_mean_seconds=100.0,
+                reactive_rate_per_second=2.0,
+                exponential_handle=True,
+            )
+        ]
+    )
+
+    # when
+    drive(world, clock, {"chat-0001": 0}, seconds=3600)
+
+    # then: the busy slot-seconds per answered visitor is the mean handle time
+    counters = world.counters()
+    answered = counters["reactive_admitted"][0]
+    assert counters["busy_seconds"][0] / answered == pytest.approx(100.0, rel=0.05)
+
+
+def test_a_feedback_that_under_reports_acceptances() -> None:
+    # given
+    world, clock = make_world([spec("chat-0001", slots=200, accept_probability=0.4)])
+    world.update_targets(["chat-0001"], feedback_accept_scale=0.8)
+
+    # when
+    drive(world, clock, {"chat-0001": 10}, seconds=1800)
+
+    # then: the platform says 0.32, the visitors accept at 0.4
+    feedback = world.feedback()["chat-0001"]
+    assert feedback["offers_accepted_total"] / feedback["offers_resolved_total"] == pytest.approx(
+        0.32, abs=0.03
+    )
+    assert world.counters()["offers_accepted"][0] / feedback["offers_resolved_total"] == (
+        pytest.approx(0.4, abs=0.03)
+    )

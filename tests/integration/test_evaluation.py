@@ -1,4 +1,5 @@
-"""The virtual-time evaluation: world, report and command, on scenarios of seconds."""
+"""The virtual-time evaluation: the simulator's world paced by the service's own cycle, the report
+and the command, on short scenarios (each batch runs a private redis-server)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pacing.domain import Algorithm, Objective
 from pacing.evaluation import (
     Pacer,
     RowResult,
-    Run,
     Scenario,
     ScenarioReport,
     cross_checks,
@@ -22,19 +22,22 @@ from pacing.evaluation import (
     group_rows,
     quick_grid,
     run_rows,
+    simulate_batch,
     verdict_of,
 )
 from pacing.evaluation.command import evaluate
 
+pytestmark = pytest.mark.integration
+
 
 def small(name: str, slots: int, **changes: object) -> Scenario:
-    """A short scenario: two simulated hours (ten minutes of warm-up), Δ = 5 s, two seeds.
+    """A short scenario: one simulated hour (ten minutes of warm-up), Δ = 5 s, two seeds.
 
-    Unit tests pay one pace() call per tick, so they pace slowly and briefly; the grids of
+    Each tick costs a whole service cycle, so tests pace briefly; the grids of
     ``pacing evaluate`` are what the conclusions rest on.
     """
     values: dict[str, object] = {
-        "hours": 2.0,
+        "hours": 1.0,
         "warmup_hours": 1.0 / 6.0,
         "seeds": 2,
         "refresh_period": 5.0,
@@ -65,8 +68,10 @@ def reports() -> dict[str, ScenarioReport]:
 
 
 def test_unpaced_poisson_traffic_reproduces_erlang_a() -> None:
-    # given: the self-check at 10 slots, about 10,000 arrivals in all (events only, no ticks)
-    scenario = small("selfcheck-10", 10, pacer=Pacer.POISSON, hours=40.0, warmup_hours=1.0)
+    # given: the self-check at 10 slots, 120 replicas for 2.5 hours, about 30,000 arrivals
+    scenario = small(
+        "selfcheck-10", 10, pacer=Pacer.POISSON, hours=2.5, warmup_hours=0.5, seeds=120
+    )
 
     # when
     [report] = group_rows([scenario], run_rows([scenario], workers=1))
@@ -78,17 +83,30 @@ def test_unpaced_poisson_traffic_reproduces_erlang_a() -> None:
     assert report.occupancy.mean == pytest.approx(occupancy, abs=0.03)
 
 
-def test_a_row_does_not_depend_on_the_rows_it_shares_a_batch_with() -> None:
+def test_a_batch_gives_the_same_figures_every_time_it_runs() -> None:
     # given
-    alone = small("auto-2", 2, hours=0.5)
-    other = small("auto-30", 30, hours=0.5)
+    short = {"hours": 0.25, "warmup_hours": 0.05}
+    rows = [(small("auto-2", 2, **short), 0), (small("auto-30", 30, **short), 1)]
 
     # when
-    [single] = Run([(alone, 0)]).simulate()
-    together = Run([(other, 1), (alone, 0)]).simulate()[1]
+    first = simulate_batch(rows)
+    again = simulate_batch(rows)
 
     # then
-    assert single == together
+    assert first == again
+    assert [result.scenario for result in first] == ["auto-2", "auto-30"]
+
+
+def test_the_first_fifteen_minutes_are_measured_on_their_own(
+    reports: dict[str, ScenarioReport],
+) -> None:
+    # given / when
+    report = reports["auto-10"]
+
+    # then: a cold start from an empty state, reported apart from the measured hours
+    assert math.isfinite(report.cold_abandonment)
+    assert 0.0 < report.cold_occupancy < 1.0
+    assert report.as_dict()["cold_start"]["minutes"] == 15  # type: ignore[index]
 
 
 def test_paced_rows_send_about_one_over_p_invitations_per_visitor(
