@@ -20,7 +20,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -304,11 +304,13 @@ def _vm_hwm_mb(pid: int) -> float | None:
     return round(int(match.group(1)) / 1024, 1) if match else None
 
 
-def log_problems(logs: Path) -> dict[str, dict[str, Any]]:
-    """Per worker or simulator log with WARNING, ERROR, CRITICAL or Traceback lines: how many,
-    and the first three."""
+def log_problems(
+    logs: Path, patterns: Sequence[str] = ("worker-*.log", "simulator-*.log")
+) -> dict[str, dict[str, Any]]:
+    """Per log matching ``patterns`` (the cycle benchmark's worker and simulator logs) with
+    WARNING, ERROR, CRITICAL or Traceback lines: how many, and the first three."""
     found: dict[str, dict[str, Any]] = {}
-    for path in sorted([*logs.glob("worker-*.log"), *logs.glob("simulator-*.log")]):
+    for path in sorted({path for pattern in patterns for path in logs.glob(pattern)}):
         lines = [
             line.strip()
             for line in path.read_text(errors="replace").splitlines()
@@ -335,7 +337,7 @@ def describe_machine(stack: BenchStack, history: psycopg.Connection[Any]) -> dic
         "redis": stack.redis.info("server")["redis_version"],
         "celery": celery.__version__,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "code": _code_version(),
+        "code": code_version(),
     }
 
 
@@ -343,7 +345,7 @@ def _first_value(row: Any) -> Any:
     return next(iter(row.values())) if isinstance(row, dict) else row[0]
 
 
-def _code_version() -> str:
+def code_version() -> str:
     """``<commit>`` plus how many files differ from it: others change the code while we measure."""
     root = Path(__file__).resolve().parents[1]
     try:

@@ -78,24 +78,39 @@ class LocalStack:
         """SIGTERM each process (a worker's warm shutdown lets its pool finish the running
         tasks), then SIGKILL each whole process group after a grace period."""
         for process in reversed(self.processes):
-            # the main process only: a SIGTERM to the group would kill a worker's pool
-            # processes mid-task (WorkerLostError) instead of letting the worker drain them
-            with contextlib.suppress(ProcessLookupError):
-                process.popen.send_signal(signal.SIGTERM)
+            _terminate(process)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in reversed(self.processes):
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                process.popen.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop in time; killing it", process.name)
-            _signal_group(process.popen, signal.SIGKILL)  # stragglers of the group (pool children)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.popen.wait(timeout=5)
+            _reap(process, deadline)
         self.processes.clear()
+
+    def stop_process(self, process: Process) -> None:
+        """Stop one process of the stack as :meth:`stop` stops each, and forget it."""
+        _terminate(process)
+        _reap(process, time.monotonic() + STOP_GRACE_SECONDS)
+        self.processes.remove(process)
 
     def dead(self) -> list[Process]:
         return [p for p in self.processes if p.popen.poll() is not None]
+
+
+def _terminate(process: Process) -> None:
+    # the main process only: a SIGTERM to the group would kill a worker's pool processes
+    # mid-task (WorkerLostError) instead of letting the worker drain them
+    with contextlib.suppress(ProcessLookupError):
+        process.popen.send_signal(signal.SIGTERM)
+
+
+def _reap(process: Process, deadline: float) -> None:
+    """Wait for ``process`` until ``deadline`` (monotonic), then SIGKILL its whole group."""
+    remaining = max(0.1, deadline - time.monotonic())
+    try:
+        process.popen.wait(timeout=remaining)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s did not stop in time; killing it", process.name)
+    _signal_group(process.popen, signal.SIGKILL)  # stragglers of the group (pool children)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.popen.wait(timeout=5)
 
 
 def _signal_group(popen: subprocess.Popen[bytes], signum: int) -> None:
@@ -166,8 +181,12 @@ def start_local_stack(
     metrics_port: int = 9808,
     workdir: Path,
     echo: Callable[[str], None],
+    seed: int | None = None,
 ) -> LocalStack:
-    """Start everything; on any failure stop what was started and re-raise."""
+    """Start everything; on any failure stop what was started and re-raise.
+
+    ``seed`` is the simulator's (None: its default, the world every ``pacing up`` gets).
+    """
     stack = LocalStack(settings=settings, workdir=workdir)
     try:
         _start(
@@ -177,6 +196,7 @@ def start_local_stack(
             flower_port=flower_port,
             metrics_port=metrics_port,
             echo=echo,
+            seed=seed,
         )
     except BaseException:
         stack.stop()
@@ -192,6 +212,7 @@ def _start(
     flower_port: int,
     metrics_port: int,
     echo: Callable[[str], None],
+    seed: int | None,
 ) -> None:
     settings = stack.settings
     if not settings.is_development:
@@ -250,6 +271,7 @@ def _start(
             str(sim_port),
             "--host",
             "127.0.0.1",
+            *([] if seed is None else ["--seed", str(seed)]),
         ],
         env,
     )

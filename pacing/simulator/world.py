@@ -823,7 +823,9 @@ class World:
 
         Abandonment rate = abandoned / accepted interactions (proactive: accepted invitations;
         reactive: admitted requests); occupancy = busy slot-time / (staffed slots x time).
-        Overall, per channel and, with ``per_target``, per target.
+        Overall, per channel and, with ``per_target``, per target. Every count, and
+        ``busy_slot_seconds`` (the busy slot-time), is cumulative since the reset, so two
+        readings give any window between them (:mod:`pacing.quality`).
         """
         with self.lock:
             self.advance(now)
@@ -839,8 +841,12 @@ class World:
             }
             columns = {**window, **current}
             window_steps = self._steps_total - self._baseline_steps
-            overall = _summaries(columns, np.zeros(self._count, dtype=np.int64), 1, window_steps)
-            by_channel = _summaries(columns, self._channel_code, len(self.channels), window_steps)
+            overall = _summaries(
+                columns, np.zeros(self._count, dtype=np.int64), 1, window_steps, self._dt
+            )
+            by_channel = _summaries(
+                columns, self._channel_code, len(self.channels), window_steps, self._dt
+            )
             result: dict[str, object] = {
                 "generated_at": self.now,
                 "window_seconds": round(window_steps * self._dt, 3),
@@ -850,7 +856,7 @@ class World:
             }
             if per_target:
                 rows = np.arange(self._count, dtype=np.int64)
-                per = _summaries(columns, rows, self._count, window_steps)
+                per = _summaries(columns, rows, self._count, window_steps, self._dt)
                 for spec, summary in zip(self.specs, per, strict=True):
                     summary["channel"] = spec.channel
                 result["targets"] = {
@@ -902,7 +908,11 @@ def _ratio(numerator: FloatArray, denominator: FloatArray) -> FloatArray:
 
 
 def _summaries(
-    columns: Mapping[str, IntArray], labels: IntArray, groups: int, window_steps: int
+    columns: Mapping[str, IntArray],
+    labels: IntArray,
+    groups: int,
+    window_steps: int,
+    step_seconds: float,
 ) -> list[dict[str, object]]:
     """Per-group metric blocks: sums of ``columns`` over ``labels`` and the derived rates."""
     sums: dict[str, FloatArray] = {
@@ -928,6 +938,9 @@ def _summaries(
     }
     ints = {name: np.rint(values).astype(np.int64).tolist() for name, values in sums.items()}
     floats = {name: np.round(values, 6).tolist() for name, values in derived.items()}
+    # The busy slot-time itself, not only its ratio: occupancy over a window between two
+    # readings needs the difference of this counter (the rounded ratios would not give it).
+    busy_seconds = np.round((busy_pro + busy_rea) * step_seconds, 3).tolist()
     blocks: list[dict[str, object]] = []
     for g in range(groups):
         blocks.append(
@@ -940,6 +953,7 @@ def _summaries(
                 "answered": ints["answered_pro"][g] + ints["answered_rea"][g],
                 "abandoned": ints["abandoned_pro"][g] + ints["abandoned_rea"][g],
                 "busy": ints["busy"][g],
+                "busy_slot_seconds": busy_seconds[g],
                 "waiting": ints["waiting"][g],
                 "proactive": {
                     "accepted": ints["offers_accepted"][g],

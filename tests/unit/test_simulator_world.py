@@ -234,6 +234,50 @@ def test_occupancy_and_rates_are_fractions_everywhere() -> None:
     assert metrics["window_seconds"] == pytest.approx(600.0)
 
 
+def test_busy_slot_seconds_is_the_cumulative_busy_slot_time() -> None:
+    # given two visitors who accept for sure and are served for exactly 100 s each
+    world, clock = make_world(
+        [
+            spec(
+                "chat-0001",
+                slots=3,
+                accept_probability=1.0,
+                handle_mean_seconds=100.0,
+                handle_cv=0.0,
+                patience_seconds=10_000.0,
+            )
+        ]
+    )
+    world.apply_publish(["chat-0001"], [2], [1.0], full=True, refresh_period_seconds=PERIOD)
+
+    def busy_slot_seconds() -> float:
+        value = target_metrics(world, "chat-0001")["busy_slot_seconds"]
+        assert isinstance(value, float)
+        return value
+
+    def advance(seconds: float) -> None:
+        for _ in range(round(seconds / 10)):
+            clock.tick(10)
+            world.advance()
+
+    # when
+    advance(60)
+    early = busy_slot_seconds()
+    advance(240)
+    total = busy_slot_seconds()
+    advance(300)
+    later = busy_slot_seconds()
+    # then: both served (the counter only grows), 2 x 100 s in all, nothing after the service
+    metrics = target_metrics(world, "chat-0001")
+    assert metrics["answered"] == 2
+    assert 0 < early < total
+    assert total == 200.0
+    assert later == total
+    assert metrics["occupancy"] == pytest.approx(200.0 / (3 * 600.0), abs=1e-6)
+    world.reset_metrics()
+    assert busy_slot_seconds() == 0.0
+
+
 def test_acceptance_rate_and_handle_time_follow_the_target_parameters() -> None:
     # given
     world, clock = make_world([spec("chat-0001", slots=200, accept_probability=0.3)])
