@@ -26,8 +26,9 @@ then issue 16's bounds:
 
 ``--wipe-at M`` restarts the redis-server right after reading M, without persistence: whatever
 it held is lost (lease, seq, per-target state, feedback counters, queued tasks), as in a Redis
-restart without persistence. The ten minutes after it are reported on their own against the
-same bounds: both of their 5-minute windows held to the ceiling and to the settled band.
+restart without persistence. Every target starts cold again, so the ten minutes after the wipe
+are reported on their own and held to a cold start's bounds (``pacing.quality.run_report``):
+the ceiling in both 5-minute windows, the settled band from the tenth minute after the wipe.
 
 Beside the figures, per minute: the publishes the simulator accepted, the cycles of the
 ``cycle_events`` stream (status, latency), overruns, targets in cold start in the last cycle,
@@ -80,9 +81,6 @@ READ_LAG_SECONDS = 0.02
 #: The simulator answers 1,000 targets' metrics in a few ms; a machine busy with other test
 #: runs may take seconds, and a benchmark should wait rather than fail.
 READ_TIMEOUT_SECONDS = 60.0
-SPAN = 5  # minutes per window of issue 16's bounds
-SETTLE_MINUTES = 10  # the settled band applies after this many minutes
-AFTER_WIPE_MINUTES = 10
 LOG_PATTERNS = ("node-*.log", "simulator.log", "exporter.log")
 WIPE_MARKER = "live-benchmark:wipe-marker"  # written before the wipe; must be gone after it
 
@@ -396,77 +394,23 @@ def progress_line(
 # --- the report -------------------------------------------------------------------------------
 
 
-def evaluate(
-    measurement: Measurement, goals: Mapping[str, float], wipe_at: int | None
-) -> dict[str, Any]:
-    """Every table and criterion of the report, as ``pacing.quality`` objects."""
-    readings = measurement.readings
-    minutes = len(readings) - 1
-    settled_from = SETTLE_MINUTES + 1
-    result: dict[str, Any] = {
-        "minutes": quality.windows(readings, goals),
-        "five_minutes": quality.windows(readings, goals, span=SPAN),
-        "settled": (
-            quality.window(
-                readings[SETTLE_MINUTES], readings[-1], goals, first=settled_from, last=minutes
-            )
-            if minutes > SETTLE_MINUTES
-            else None
-        ),
-    }
-    result["criteria"] = quality.issue_criteria(result["five_minutes"], settled_from=settled_from)
-    if wipe_at is not None:
-        end = min(wipe_at + AFTER_WIPE_MINUTES, minutes)
-        after = quality.windows(readings[: end + 1], goals, span=SPAN, start=wipe_at)
-        result["after_wipe"] = {
-            "five_minutes": after,
-            "whole": quality.window(
-                readings[wipe_at], readings[end], goals, first=wipe_at + 1, last=end
-            ),
-            "criteria": quality.issue_criteria(after, settled_from=wipe_at + 1),
-        }
-    return result
-
-
 def text_report(
-    args: argparse.Namespace, header: Mapping[str, Any], figures: Mapping[str, Any]
+    args: argparse.Namespace, header: Mapping[str, Any], report: Mapping[str, Any]
 ) -> str:
     wipe = "" if args.wipe_at is None else f"; Redis wiped after minute {args.wipe_at}"
     minute = "" if args.minute_seconds == 60 else f" (a 'minute' is {args.minute_seconds:g} s)"
     first_publish = header["first_publish_after_seconds"]
-    parts = [
-        f"Live quality: {args.targets:,} targets, {args.nodes} node(s), seed {args.seed}, "
-        f"{args.minutes} minutes from an empty Redis{wipe}{minute}",
-        f"code {header['code']}; started {header['started']}; first publish accepted "
-        + ("never" if first_publish is None else f"{first_publish:.1f} s after the start"),
-        f"load average (1, 5, 15 min) at start {header['load_average_at_start']}, "
-        f"at end {header['load_average_at_end']} ({header['cores']} cores)",
-        "",
-        quality.format_windows(figures["minutes"], title="Per minute"),
-        "",
-        quality.format_windows(figures["five_minutes"], title="Per 5 minutes", period="minutes"),
-    ]
-    if figures["settled"] is not None:
-        parts += [
-            "",
-            quality.format_windows(
-                [figures["settled"]], title="After the tenth minute", period="minutes"
-            ),
-        ]
-    parts += ["", quality.format_criteria(figures["criteria"], title="Issue 16's bounds")]
-    if "after_wipe" in figures:
-        after = figures["after_wipe"]
-        parts += [
-            "",
-            quality.format_windows(
-                [*after["five_minutes"], after["whole"]],
-                title=f"The {AFTER_WIPE_MINUTES} minutes after the wipe",
-                period="minutes",
-            ),
-            "",
-            quality.format_criteria(after["criteria"], title="Issue 16's bounds after the wipe"),
-        ]
-    return "\n".join(parts)
+    return quality.format_run_report(
+        report,
+        heading=[
+            f"Live quality: {args.targets:,} targets, {args.nodes} node(s), seed {args.seed}, "
+            f"{args.minutes} minutes from an empty Redis{wipe}{minute}",
+            f"code {header['code']}; started {header['started']}; first publish accepted "
+            + ("never" if first_publish is None else f"{first_publish:.1f} s after the start"),
+            f"load average (1, 5, 15 min) at start {header['load_average_at_start']}, "
+            f"at end {header['load_average_at_end']} ({header['cores']} cores)",
+        ],
+    )
 
 
 def notes_table(measurement: Measurement) -> str:
@@ -562,7 +506,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], str]:
         "load_average_at_end": load_at_end,
         "cores": os.cpu_count(),
     }
-    figures = evaluate(measurement, goals, args.wipe_at)
+    figures = quality.run_report(measurement.readings, goals, wipe_at=args.wipe_at)
     text = "\n\n".join(
         [
             text_report(args, header, figures),
@@ -583,19 +527,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], str]:
         },
         **header,
         "goals": sorted(set(goals.values())),
-        "minutes": [w.as_json() for w in figures["minutes"]],
-        "five_minutes": [w.as_json() for w in figures["five_minutes"]],
-        "settled": figures["settled"].as_json() if figures["settled"] else None,
-        "criteria": [c.as_json() for c in figures["criteria"]],
-        "after_wipe": (
-            {
-                "five_minutes": [w.as_json() for w in figures["after_wipe"]["five_minutes"]],
-                "whole": figures["after_wipe"]["whole"].as_json(),
-                "criteria": [c.as_json() for c in figures["after_wipe"]["criteria"]],
-            }
-            if "after_wipe" in figures
-            else None
-        ),
+        **quality.run_report_json(figures),
         "wipe": measurement.wipe,
         "reading_offsets_seconds": measurement.offsets,
         "notes": measurement.notes,

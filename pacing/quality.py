@@ -354,6 +354,123 @@ def issue_criteria(
     ]
 
 
+# --- a whole run ------------------------------------------------------------------------------
+
+#: Minutes per window of issue 16's bounds.
+SPAN = 5
+#: The settled band applies from this many minutes after a start from an empty state.
+SETTLE_MINUTES = 10
+#: The minutes after a wipe of the per-target state that are reported on their own.
+AFTER_WIPE_MINUTES = 10
+
+
+def run_report(
+    readings: Sequence[Mapping[str, Any]],
+    goals: Mapping[str, float],
+    *,
+    wipe_at: int | None = None,
+) -> dict[str, Any]:
+    """Every table and criterion of a run from its readings, one a minute from the start.
+
+    ``readings[0]`` is taken at the start (an empty state), ``readings[k]`` after minute k.
+    A wipe of the per-target state after reading ``wipe_at`` is a cold start again: the start's
+    bounds are checked on the windows before it, and the :data:`AFTER_WIPE_MINUTES` after it are
+    reported on their own and held to the cold start's bounds — the ceiling in every window, the
+    settled band once :data:`SETTLE_MINUTES` have passed since the wipe (a criterion with
+    nothing to check yet is left out).
+    """
+    minutes = len(readings) - 1
+    settled_from = SETTLE_MINUTES + 1
+    # the start's own windows end where a wipe begins a second cold start
+    start_end = minutes if wipe_at is None else min(wipe_at, minutes)
+    result: dict[str, Any] = {
+        "minutes": windows(readings, goals),
+        "five_minutes": windows(readings, goals, span=SPAN),
+        "settled": (
+            window(
+                readings[SETTLE_MINUTES],
+                readings[start_end],
+                goals,
+                first=settled_from,
+                last=start_end,
+            )
+            if start_end > SETTLE_MINUTES
+            else None
+        ),
+    }
+    result["criteria"] = [
+        criterion
+        for criterion in issue_criteria(
+            windows(readings[: start_end + 1], goals, span=SPAN), settled_from=settled_from
+        )
+        if criterion.checks or wipe_at is None
+    ]
+    if wipe_at is not None:
+        end = min(wipe_at + AFTER_WIPE_MINUTES, minutes)
+        after = windows(readings[: end + 1], goals, span=SPAN, start=wipe_at)
+        criteria = issue_criteria(after, settled_from=wipe_at + SETTLE_MINUTES + 1)
+        result["after_wipe"] = {
+            "five_minutes": after,
+            "whole": window(readings[wipe_at], readings[end], goals, first=wipe_at + 1, last=end),
+            "criteria": [criterion for criterion in criteria if criterion.checks],
+        }
+    return result
+
+
+def format_run_report(report: Mapping[str, Any], *, heading: Sequence[str]) -> str:
+    """The tables and verdicts of :func:`run_report` as text, under the ``heading`` lines."""
+    parts = [
+        *heading,
+        "",
+        format_windows(report["minutes"], title="Per minute"),
+        "",
+        format_windows(report["five_minutes"], title="Per 5 minutes", period="minutes"),
+    ]
+    if report["settled"] is not None:
+        parts += [
+            "",
+            format_windows(
+                [report["settled"]],
+                title=f"After minute {SETTLE_MINUTES}",
+                period="minutes",
+            ),
+        ]
+    parts += ["", format_criteria(report["criteria"], title="Issue 16's bounds")]
+    if "after_wipe" in report:
+        after = report["after_wipe"]
+        parts += [
+            "",
+            format_windows(
+                [*after["five_minutes"], after["whole"]],
+                title=f"The {AFTER_WIPE_MINUTES} minutes after the wipe (a cold start again)",
+                period="minutes",
+            ),
+            "",
+            format_criteria(after["criteria"], title="Issue 16's bounds after the wipe"),
+        ]
+    return "\n".join(parts)
+
+
+def run_report_json(report: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`run_report` as JSON-ready dicts."""
+    after = report.get("after_wipe")
+    return {
+        "minutes": [item.as_json() for item in report["minutes"]],
+        "five_minutes": [item.as_json() for item in report["five_minutes"]],
+        "settled": report["settled"].as_json() if report["settled"] else None,
+        "criteria": [criterion.as_json() for criterion in report["criteria"]],
+        "after_wipe": (
+            {
+                "five_minutes": [item.as_json() for item in after["five_minutes"]],
+                "whole": after["whole"].as_json(),
+                "criteria": [criterion.as_json() for criterion in after["criteria"]],
+            }
+            if after
+            else None
+        ),
+    }
+
+
 # --- text -------------------------------------------------------------------------------------
 
 _COLUMNS = (

@@ -10,7 +10,9 @@ from typing import TextIO, cast
 
 import click
 
+from pacing import quality
 from pacing.evaluation._grid import GRIDS, tiny_grid
+from pacing.evaluation._live import LiveWorldRun, live_world_snapshots
 from pacing.evaluation._report import (
     as_json,
     cross_checks,
@@ -61,6 +63,33 @@ _BAR_STEPS = 1000
 )
 @click.option("--only", default="", help="Run only the scenarios whose name contains this text.")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@click.option(
+    "--live",
+    "grid",
+    flag_value="live",
+    help="Instead of a grid: the world `pacing up` serves, minute by minute (see below).",
+)
+@click.option(
+    "--targets",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="--live: targets of the world.",
+)
+@click.option("--seed", type=int, default=7, show_default=True, help="--live: the world's seed.")
+@click.option(
+    "--minutes",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="--live: simulated minutes from an empty state.",
+)
+@click.option(
+    "--wipe-at",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--live: lose the service's Redis after this minute (a restart without persistence).",
+)
 def evaluate(  # noqa: PLR0917 - click passes every option by keyword
     grid: str | None,
     output_format: str,
@@ -69,6 +98,10 @@ def evaluate(  # noqa: PLR0917 - click passes every option by keyword
     workers: int,
     only: str,
     no_progress: bool,
+    targets: int,
+    seed: int,
+    minutes: int,
+    wipe_at: int | None,
 ) -> None:
     """Evaluate the pacing algorithms in virtual time (no Celery, no HTTP, no wall clock).
 
@@ -78,8 +111,24 @@ def evaluate(  # noqa: PLR0917 - click passes every option by keyword
     95 % confidence intervals over seeds, the Erlang-A occupancy of unpaced traffic at the same
     goal, invitations per accepted and pass/fail against algorithm.md §8.
 
+    With --live, the world `pacing up` serves instead (--targets, --seed), paced from an
+    empty state by the service's own cycle for --minutes simulated minutes, reported as
+    benchmarks/live.py reports the live stack: per minute and per group size, invitations,
+    accepted, abandonment against the goal and occupancy, and issue 16's bounds.
+
     Exit status 0 when every criterion holds, 1 when one does not.
+
+    \b
+    Examples:
+      pacing evaluate --quick --plot eval.png
+      pacing evaluate --live --minutes 20 --wipe-at 10
     """
+    if grid == "live":
+        _evaluate_live(
+            LiveWorldRun(targets=targets, seed=seed, minutes=minutes, wipe_at_minute=wipe_at),
+            output_format=output_format,
+        )
+        return
     name = grid or "quick"
     scenarios = tiny_grid() if name == "tiny" else GRIDS[name](seeds=seeds)
     if only:
@@ -117,6 +166,43 @@ def evaluate(  # noqa: PLR0917 - click passes every option by keyword
         write_figure(reports, plot_path)
         click.echo(f"Wrote {plot_path}", err=True)
     sys.exit(0 if verdict_of(reports, checks) else 1)
+
+
+def _evaluate_live(run: LiveWorldRun, *, output_format: str) -> None:
+    if run.wipe_at_minute is not None and run.wipe_at_minute >= run.minutes:
+        raise click.UsageError("--wipe-at must come before the last minute (--minutes).")
+    started = time.monotonic()
+    result = live_world_snapshots(run)
+    wipe = None if run.wipe_at_minute is None else int(run.wipe_at_minute)
+    report = quality.run_report(result.readings, result.goals, wipe_at=wipe)
+    elapsed = time.monotonic() - started
+    if output_format == "json":
+        document = {
+            "config": {
+                "targets": run.targets,
+                "seed": run.seed,
+                "minutes": run.minutes,
+                "wipe_at": wipe,
+                "refresh_period_seconds": run.refresh_period_seconds,
+                "virtual_time": True,
+            },
+            "elapsed_seconds": round(elapsed, 1),
+            **quality.run_report_json(report),
+        }
+        click.echo(json.dumps(document, indent=2))
+    else:
+        wiped = "" if wipe is None else f"; the service's Redis wiped after minute {wipe}"
+        click.echo(
+            quality.format_run_report(
+                report,
+                heading=[
+                    f"Virtual time: {run.targets:,} targets, seed {run.seed}, {run.minutes} "
+                    f"minutes from an empty state{wiped} ({elapsed:.0f} s)",
+                ],
+            )
+        )
+    criteria = [*report["criteria"], *report.get("after_wipe", {}).get("criteria", [])]
+    sys.exit(0 if all(criterion.passed for criterion in criteria) else 1)
 
 
 class _Discard:

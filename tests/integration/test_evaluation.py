@@ -237,3 +237,29 @@ def test_erlang_reference_of_a_busy_goal_is_the_goal() -> None:
 
     # then
     assert occupancy == pytest.approx(0.8, abs=1e-3)
+
+
+def test_the_live_world_in_virtual_time_is_reported_like_the_live_benchmark() -> None:
+    # given / when: 100 targets of the world `pacing up` serves, 6 minutes, wiped after 3
+    outcome = CliRunner().invoke(
+        evaluate,
+        ["--live", "--targets", "100", "--minutes", "6", "--wipe-at", "3", "--format", "json"],
+    )
+
+    # then
+    assert outcome.exit_code in (0, 1), outcome.output
+    document = json.loads(outcome.stdout)
+    assert document["config"] == {
+        "targets": 100,
+        "seed": 7,
+        "minutes": 6,
+        "wipe_at": 3,
+        "refresh_period_seconds": 2.0,
+        "virtual_time": True,
+    }
+    minutes = document["minutes"]
+    assert [m["label"] for m in minutes] == ["1", "2", "3", "4", "5", "6"]
+    everyone = [m["classes"]["all"] for m in minutes]
+    assert all(m["targets"] == 100 for m in everyone)
+    assert sum(m["accepted"] for m in everyone) > 0
+    assert document["after_wipe"]["whole"]["label"] == "4–6"

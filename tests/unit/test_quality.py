@@ -10,8 +10,11 @@ import pytest
 from pacing.quality import (
     CLASS_NAMES,
     format_criteria,
+    format_run_report,
     format_windows,
     issue_criteria,
+    run_report,
+    run_report_json,
     size_class,
     uniform_goals,
     window,
@@ -354,3 +357,54 @@ def test_readings_of_a_real_world_add_up_to_its_own_totals() -> None:
     assert sum(w.classes["all"].accepted for w in minutes) == whole.accepted
     per_class = sum(minutes[0].classes[name].invitations for name in CLASS_NAMES[:6])
     assert per_class == minutes[0].classes["all"].invitations
+
+
+def test_a_run_with_a_wipe_holds_each_cold_start_to_its_own_bounds() -> None:
+    # given 20 minutes of readings of a 12-slot group at 3 % abandonment and 90 % busy, its
+    # state wiped after minute 10
+    readings = [empty({"a": 12})]
+    for minute in range(1, 21):
+        readings.append(
+            reading(
+                60.0 * minute,
+                {
+                    "a": block(
+                        12,
+                        sent=400 * minute,
+                        accepted=100 * minute,
+                        abandoned=3 * minute,
+                        busy=0.9 * 12 * 60.0 * minute,
+                    )
+                },
+            )
+        )
+
+    # when
+    report = run_report(readings, uniform_goals(readings[0], GOAL), wipe_at=10)
+
+    # then: the start is judged on minutes 1-10 (the settled band only past minute 10: none);
+    # the ten minutes after the wipe have the ceiling, the band would start ten minutes later
+    assert [w.label for w in report["five_minutes"]] == ["1–5", "6–10", "11–15", "16–20"]
+    assert [c.name for c in report["criteria"]] == ["ceiling"]
+    assert [check.window for check in report["criteria"][0].checks] == ["1–5"] * 2 + ["6–10"] * 2
+    after = report["after_wipe"]
+    assert [w.label for w in after["five_minutes"]] == ["11–15", "16–20"]
+    assert [c.name for c in after["criteria"]] == ["ceiling"]
+    assert all(c.passed for c in [*report["criteria"], *after["criteria"]])
+    assert json.loads(json.dumps(run_report_json(report)))["after_wipe"]["whole"]["label"] == (
+        "11–20"
+    )
+    assert "after the wipe" in format_run_report(report, heading=["a run"])
+
+
+def test_a_run_without_a_wipe_is_held_to_the_settled_band_after_minute_ten() -> None:
+    # given
+    readings = minute_readings(15)
+
+    # when
+    report = run_report(readings, uniform_goals(readings[0], GOAL))
+
+    # then
+    assert [c.name for c in report["criteria"]] == ["ceiling", "settled"]
+    assert [check.window for check in report["criteria"][1].checks] == ["11–15", "11–15"]
+    assert report["settled"].label == "11–15"
