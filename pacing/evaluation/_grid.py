@@ -21,7 +21,7 @@ FULL_SLOTS = (1, 2, 5, 10, 30, 100, 300)
 LARGE_GROUP = 30
 #: The self-check simulates about this many arrivals in all, spread over as many replicas of
 #: the group as its load needs within SELF_CHECK_HOURS (no pacing: the world steps alone).
-SELF_CHECK_ARRIVALS = 40000.0
+SELF_CHECK_ARRIVALS = 60000.0
 SELF_CHECK_HOURS = 5.0
 
 #: (label, objective, goal %) of the goals every grid evaluates.
@@ -51,8 +51,9 @@ def _self_check(slots: int) -> Scenario:
         pacer=Pacer.POISSON,
         hours=SELF_CHECK_HOURS,
         warmup_hours=warmup,
-        # at least 16: a large group's abandonments come in bursts, so its replicas vary
-        seeds=max(16, math.ceil(SELF_CHECK_ARRIVALS / per_replica)),
+        # at least 48: a large group's abandonments come in bursts, so its replicas vary (16
+        # replicas of 30 slots missed Erlang-A by 0.39 points in one run, 0.17 in another)
+        seeds=max(48, math.ceil(SELF_CHECK_ARRIVALS / per_replica)),
     )
 
 

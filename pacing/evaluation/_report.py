@@ -235,11 +235,15 @@ def _failures(report: ScenarioReport) -> list[str]:
     if report.budget_errors:
         failures.append(f"{report.budget_errors} budgets outside [0, max_budget]")
     if scenario.pacer is Pacer.POISSON:
+        # within 0.3 points of the formula, or inside the run's own 95 % interval: a large
+        # group's abandonments come in bursts, and 0.3 points is about the spread of 50
+        # replicas of 4 hours at 10 slots
         gap = report.abandonment.mean - report.erlang_abandonment
-        if not abs(gap) <= SELF_CHECK_TOLERANCE:
+        allowed = max(SELF_CHECK_TOLERANCE, report.abandonment.half_width)
+        if not abs(gap) <= allowed:
             failures.append(
                 f"self-check: simulated {report.abandonment.mean:.2%} vs Erlang-A "
-                f"{report.erlang_abandonment:.2%} (more than 0.3 points apart)"
+                f"{report.erlang_abandonment:.2%} (more than {allowed * 100:.2f} points apart)"
             )
         return failures
     if scenario.reactive_share > 0:
