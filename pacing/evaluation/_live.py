@@ -24,7 +24,7 @@ from pacing.evaluation._service_loop import (
     private_redis,
 )
 from pacing.localstack import simulator_target_configs
-from pacing.simulator.world import World
+from pacing.simulator.world import World, generate_targets
 
 __all__ = ["LiveWorldResult", "LiveWorldRun", "live_world_snapshots"]
 
@@ -35,11 +35,17 @@ class LiveWorldRun:
 
     targets: int = 1000
     seed: int = 7
+    #: the seed of the world's dynamics (arrivals, acceptances, handle times); None: ``seed``,
+    #: as ``pacing up`` has it. Other values replay the same targets with other luck.
+    dynamics_seed: int | None = None
     minutes: float = 20.0
     wipe_at_minute: float | None = None
     minute_seconds: float = 60.0
     refresh_period_seconds: float = 2.0
     cycle_latency_seconds: float = DEFAULT_CYCLE_LATENCY_SECONDS
+    #: when the service's first cycle starts, after the world did (a live stack's processes
+    #: take seconds to start; the live benchmark reports when its first publish landed)
+    first_tick_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +63,12 @@ def live_world_snapshots(run: LiveWorldRun) -> LiveWorldResult:
     simulated time; the first is taken at the start. Goals are those ``pacing up`` imports.
     """
     clock = VirtualClock(EPOCH)
-    world = World.synthetic(run.targets, seed=run.seed, clock=clock, max_catch_up_seconds=1e9)
+    world = World(
+        generate_targets(run.targets, seed=run.seed),
+        seed=run.seed if run.dynamics_seed is None else run.dynamics_seed,
+        clock=clock,
+        max_catch_up_seconds=1e9,
+    )
     configs = simulator_target_configs(world.targets_listing())
     snapshots: list[dict[str, Any]] = []
 
@@ -83,6 +94,7 @@ def live_world_snapshots(run: LiveWorldRun) -> LiveWorldResult:
                 every=run.minute_seconds,
                 observe=observe,
                 start=EPOCH,
+                first_tick=EPOCH + run.first_tick_seconds,
                 events=events,
             )
         finally:

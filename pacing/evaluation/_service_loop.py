@@ -228,27 +228,30 @@ class ServiceLoop:
         every: float | None = None,
         observe: Callable[[float], None] | None = None,
         start: float | None = None,
+        first_tick: float | None = None,
         events: Mapping[float, Callable[[], None]] | None = None,
     ) -> list[CycleOutcome]:
-        """Tick every refresh period for ``seconds`` of virtual time from ``start`` (default:
-        now). ``observe(t)`` is called at ``start``, every ``every`` seconds after and at the
+        """Run ``seconds`` of virtual time from ``start`` (default: now), ticking every refresh
+        period from ``first_tick`` (default: ``start``; later when the service starts after the
+        world). ``observe(t)`` is called at ``start``, every ``every`` seconds after and at the
         end, with the world stepped to ``t``; each of ``events`` (virtual time → action) runs
         just before the first tick at or after its time."""
         begin = self.clock.now if start is None else start
         end = begin + seconds
-        ticks = round(seconds / self.period)
+        ticking = begin if first_tick is None else max(first_tick, begin)
+        ticks = [ticking + k * self.period for k in range(round((end - ticking) / self.period))]
+        observations: list[float] = []
+        if observe is not None and every is not None:
+            observations = [begin + j * every for j in range(int(seconds / every + 1e-9) + 1)]
         pending = sorted((events or {}).items())
         outcomes: list[CycleOutcome] = []
-        next_observation = begin
-        for k in range(ticks + 1):
-            at = min(begin + k * self.period, end)
-            while observe is not None and every is not None and next_observation <= at + 1e-9:
-                self.clock.set(next_observation)
-                self.world.advance(next_observation)
-                observe(next_observation)
-                next_observation += every
-            if k == ticks:
-                break
+        timeline = sorted([(t, 0) for t in observations] + [(t, 1) for t in ticks])
+        for at, kind in timeline:
+            if kind == 0 and observe is not None:
+                self.clock.set(at)
+                self.world.advance(at)
+                observe(at)
+                continue
             while pending and pending[0][0] <= at:
                 pending.pop(0)[1]()
             outcomes.append(self.tick(at))
