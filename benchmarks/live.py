@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import statistics
 import sys
@@ -83,6 +84,7 @@ READ_LAG_SECONDS = 0.02
 READ_TIMEOUT_SECONDS = 60.0
 LOG_PATTERNS = ("node-*.log", "simulator.log", "exporter.log")
 WIPE_MARKER = "live-benchmark:wipe-marker"  # written before the wipe; must be gone after it
+_FLOWER_PASSWORD = re.compile(r"(password )\S+?(?=\))")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -542,15 +544,18 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], str]:
 def _log_summary(logs: Path) -> str:
     problems = log_problems(logs, LOG_PATTERNS)
     if not problems:
-        return "Logs: no WARNING, ERROR or Traceback line in the nodes, simulator or exporter."
-    lines = ["WARNING/ERROR/Traceback lines in the logs:"]
+        return (
+            "Log problems: no WARNING, ERROR or Traceback line in the nodes, simulator, exporter."
+        )
+    lines = ["Log problems (WARNING, ERROR or Traceback lines):"]
     for name, found in problems.items():
         lines.append(f"  {name}: {found['lines']}, first: {found['first'][0][:160]}")
     return "\n".join(lines)
 
 
 def _echo(line: str) -> None:
-    print(line, flush=True)
+    # Flower's password of this run has no business in a report that is kept
+    print(_FLOWER_PASSWORD.sub(r"\1…", line), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,9 @@ Per size class (staffed slots of the target: ``1–2``, ``3–9``, ``10–30``, 
 * invitations sent, accepted interactions (accepted invitations plus admitted reactive
   requests, as the simulator counts them) and abandoned ones;
 * abandonment = abandoned / accepted, **None when nothing was accepted** (no visitor, no rate:
-  0 would claim a success nobody measured);
+  0 would claim a success nobody measured). Both are counted when they happen, so a window's
+  abandoned visitors may have been accepted in an earlier one: the minute after a flood can
+  show more than 100 %;
 * occupancy = busy slot-seconds / (staffed slots × window seconds), **None without staffed
   slots or without time**; the window's seconds are the simulated seconds the world stepped
   between the readings (``window_seconds``, which leaves out time a paused simulator skipped);
