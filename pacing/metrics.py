@@ -8,8 +8,13 @@ state (:func:`pacing.status.cluster_status`) read at scrape time, so ages are co
 Prometheus asks.
 
 Each scrape first reads the stream from the last id it saw (``XREAD``), so nothing runs between
-scrapes. On start the exporter replays what the stream still holds (about an hour); Prometheus'
-``rate()`` ignores a counter's starting value, so the replay only fills the gauges.
+scrapes. On start the exporter replays what the stream still holds (about an hour), which fills
+the gauges; the counters begin again from the replayed cycles (Prometheus' ``rate()`` ignores a
+new series' starting value, but across a restart of the same series it counts the replay again).
+
+Per channel, the abandonment over the last 15 minutes is computed here, at scrape time, from the
+events whose cycles started in those 15 minutes (by the cycles' own timestamps), so a restarted
+exporter reports the whole window at its first scrape: the replay holds it.
 
 Metric names (all prefixed ``pacing_``) are documented in docs/operators-monitoring.md.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hmac
 import logging
 import math
@@ -33,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pacing.cycle import OUTCOME_FIELDS
 from pacing.keys import Keys
 from pacing.status import cluster_status
 
@@ -46,6 +53,21 @@ STAGES: Final = ("fetch", "pace", "merge", "publish", "total")
 LATENCY_BUCKETS_SECONDS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16)
 #: Events read per XREAD call; a scrape every 15 s at a 2 s period finds about 8.
 READ_BATCH: Final = 500
+#: The window of the per-channel abandonment gauges (what the PacingAbandonmentAboveGoal alert
+#: compares with the goal): 15 minutes, the service level's usual reporting interval.
+ABANDONMENT_WINDOW_SECONDS: Final = 900.0
+#: The label values of the interaction counters' ``objective``.
+_GOAL, _NO_GOAL = "abandonment_rate", "busy_factor"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _WindowEntry:
+    """One cycle's counts towards the abandonment window: channel → (interactions, abandoned,
+    abandonments allowed), for the targets with an abandonment goal."""
+
+    at: float  # the cycle's start, Unix seconds
+    channels: dict[str, tuple[float, float, float]]
+
 
 _WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -137,6 +159,28 @@ class PacingCollector(Collector):
             ["channel"],
             registry=registry,
         )
+        self.channel_cold_start = Gauge(
+            "pacing_channel_cold_start_ratio",
+            "Share of a channel's targets paced in cold start (prior parameters) in the last "
+            "finished cycle, 0 to 1.",
+            ["channel"],
+            registry=registry,
+        )
+        self.interactions_answered = Counter(
+            "pacing_channel_interactions_answered",
+            "Interactions answered at a channel's targets, from the differences of the Stat "
+            "Server's answered_total between cycles; objective says whether the targets have "
+            "an abandonment goal (abandonment_rate) or a busy factor goal (busy_factor).",
+            ["channel", "objective"],
+            registry=registry,
+        )
+        self.interactions_abandoned = Counter(
+            "pacing_channel_interactions_abandoned",
+            "Interactions abandoned in queue at a channel's targets, from the differences of "
+            "the Stat Server's abandoned_total between cycles; objective as for answered.",
+            ["channel", "objective"],
+            registry=registry,
+        )
         self.last_event_seq = Gauge(
             "pacing_last_cycle_seq",
             "Seq of the last finished cycle the exporter has read.",
@@ -147,6 +191,7 @@ class PacingCollector(Collector):
             "Cycle events the exporter has read from the Redis stream.",
             registry=registry,
         )
+        self._window: list[_WindowEntry] = []
 
     # --- the stream -------------------------------------------------------------------
 
@@ -177,6 +222,7 @@ class PacingCollector(Collector):
         latency = float(event["latency_ms"]) / 1000
         reasons = {str(k): int(v) for k, v in orjson.loads(event["reasons"]).items()}
         channels = orjson.loads(event["channels"])
+        outcomes = _outcomes(event)  # checked before anything is counted
         self.stage_seconds.labels("total").observe(latency)
         if status != "abandoned":  # an abandoned cycle never merged, so it has no stages
             for stage in ("fetch", "pace", "merge", "publish"):
@@ -193,14 +239,45 @@ class PacingCollector(Collector):
         if payload_bytes:
             self.last_payload_bytes.set(payload_bytes)
         if channels:
-            for gauge in (self.channel_budget, self.channel_ready, self.channel_targets):
+            for gauge in (
+                self.channel_budget,
+                self.channel_ready,
+                self.channel_targets,
+                self.channel_cold_start,
+            ):
                 gauge.clear()  # a channel without targets any more must disappear
             for channel, totals in channels.items():
                 self.channel_budget.labels(channel).set(totals["proactive_budget"])
                 self.channel_ready.labels(channel).set(totals["ready_capacity"])
                 self.channel_targets.labels(channel).set(totals["target_count"])
+                if totals.get("cold_start") is not None and totals["target_count"] > 0:
+                    self.channel_cold_start.labels(channel).set(
+                        totals["cold_start"] / totals["target_count"]
+                    )
+        self._count_outcomes(outcomes, at=float(event.get("started_at", 0.0)))
         self.last_event_seq.set(int(event["seq"]))
         self.events_read.inc()
+
+    def _count_outcomes(self, outcomes: Mapping[str, _Outcome], *, at: float) -> None:
+        """Add one cycle's interactions to the counters and to the abandonment window."""
+        for channel, outcome in outcomes.items():
+            for counter, with_goal, without_goal in (
+                (self.interactions_answered, outcome.goal_answered, outcome.other_answered),
+                (self.interactions_abandoned, outcome.goal_abandoned, outcome.other_abandoned),
+            ):
+                # both series from the first cycle on, so that rate() sees them start at 0
+                counter.labels(channel, _GOAL).inc(with_goal)
+                counter.labels(channel, _NO_GOAL).inc(without_goal)
+        if outcomes and at > 0:
+            self._window.append(
+                _WindowEntry(
+                    at,
+                    {
+                        channel: (o.goal_answered + o.goal_abandoned, o.goal_abandoned, o.allowed)
+                        for channel, o in outcomes.items()
+                    },
+                )
+            )
 
     # --- the scrape -----------------------------------------------------------------------
 
@@ -217,11 +294,52 @@ class PacingCollector(Collector):
                 up.add_metric([], 0)
                 yield up
                 yield from self._events.collect()
+                yield from self._window_metrics()
                 return
             up.add_metric([], 1)
             yield up
             yield from self._events.collect()
+            yield from self._window_metrics()
             yield from self._state_metrics(state)
+
+    def _window_metrics(self) -> Iterator[Metric]:
+        """Per channel, the abandonment of the cycles that started in the last
+        :data:`ABANDONMENT_WINDOW_SECONDS`, its goal and the interactions behind it."""
+        cutoff = self._clock() - ABANDONMENT_WINDOW_SECONDS
+        self._window = [entry for entry in self._window if entry.at > cutoff]
+        sums: dict[str, list[float]] = {}
+        for entry in self._window:
+            for channel, values in entry.channels.items():
+                total = sums.setdefault(channel, [0.0, 0.0, 0.0])
+                for i, value in enumerate(values):
+                    total[i] += value
+        interactions = GaugeMetricFamily(
+            "pacing_channel_interactions_15m",
+            "Interactions answered or abandoned in the last 15 minutes at a channel's targets "
+            "with an abandonment goal: how much the abandonment ratio beside it rests on.",
+            labels=["channel"],
+        )
+        ratio = GaugeMetricFamily(
+            "pacing_channel_abandonment_ratio_15m",
+            "Abandoned in queue / (answered + abandoned) over the last 15 minutes, at a "
+            "channel's targets with an abandonment goal (Stat Server counters); absent "
+            "without interactions.",
+            labels=["channel"],
+        )
+        goal = GaugeMetricFamily(
+            "pacing_channel_abandonment_goal_ratio_15m",
+            "The abandonment the channel's goals allow over the last 15 minutes: the targets' "
+            "ABANDONMENT_RATE goals weighted by their interactions; absent without interactions.",
+            labels=["channel"],
+        )
+        for channel, (count, abandoned, allowed) in sums.items():
+            interactions.add_metric([channel], count)
+            if count > 0:
+                ratio.add_metric([channel], abandoned / count)
+                goal.add_metric([channel], allowed / count)
+        yield interactions
+        yield ratio
+        yield goal
 
     def _cluster_state(self) -> dict[str, Any]:
         now = self._clock()
@@ -307,6 +425,39 @@ class PacingCollector(Collector):
 
 def _decode(fields: Mapping[bytes, bytes]) -> dict[str, str]:
     return {key.decode(): value.decode() for key, value in fields.items()}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One channel's interactions in one cycle (pacing.cycle.interaction_outcomes)."""
+
+    goal_answered: float
+    goal_abandoned: float
+    other_answered: float
+    other_abandoned: float
+    allowed: float
+
+
+def _outcomes(event: Mapping[str, str]) -> dict[str, _Outcome]:
+    """The event's per-channel interactions; none in an event of an older release or of a
+    cycle that never merged. ValueError or TypeError if they are malformed."""
+    if "outcomes" not in event:
+        return {}
+    decoded: dict[str, _Outcome] = {}
+    for channel, values in orjson.loads(event["outcomes"]).items():
+        # strict: a list of another length is another release's, not to be guessed at
+        named = {name: float(v) for name, v in zip(OUTCOME_FIELDS, values, strict=True)}
+        outcome = _Outcome(
+            goal_answered=named["goal_answered"],
+            goal_abandoned=named["goal_abandoned"],
+            other_answered=named["answered"] - named["goal_answered"],
+            other_abandoned=named["abandoned"] - named["goal_abandoned"],
+            allowed=named["goal_allowed"],
+        )
+        if not all(math.isfinite(v) and v >= 0 for v in dataclasses.astuple(outcome)):
+            raise ValueError("negative or non-finite interaction counts")
+        decoded[str(channel)] = outcome
+    return decoded
 
 
 # --- serving -----------------------------------------------------------------------------

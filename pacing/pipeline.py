@@ -34,6 +34,7 @@ from pacing.cycle import (
     can_send_delta,
     changed_since,
     channel_sums,
+    interaction_outcomes,
     merge_shards,
     optional_ints,
     reason_label,
@@ -76,6 +77,15 @@ _STAT_FIELDS = (
     "abandoned_total",
     "reactive_arrivals_total",
 )
+
+
+#: The state columns holding the Stat Server counters answered_total and abandoned_total as
+#: last seen (the exporter's abandonment is their change over a cycle)
+_COUNTER_COLUMNS = [
+    algorithms.STATE_FIELDS.index("last_answered_total"),
+    algorithms.STATE_FIELDS.index("last_abandoned_total"),
+]
+_ABANDONMENT_RATE = algorithms.OBJECTIVES.index(Objective.ABANDONMENT_RATE)
 
 
 def pacing_parameters(settings: Settings) -> PacingParameters:
@@ -123,6 +133,14 @@ class ShardTargets:
     @classmethod
     def of(cls, configs: Sequence[TargetConfig]) -> ShardTargets:
         return cls.from_rows(split_into_shards(configs, max(1, len(configs)))[0] if configs else [])
+
+    @property
+    def abandonment_goal(self) -> NDArray[np.float64]:
+        """Each target's abandonment goal as a fraction, NaN for a BUSY_FACTOR target."""
+        goal: NDArray[np.float64] = np.where(
+            self.targets.objective == _ABANDONMENT_RATE, self.targets.goal, np.nan
+        )
+        return goal
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -340,6 +358,8 @@ def pace_shard(services: Services, *, seq: int, shard: int, targets: ShardTarget
     # one round trip: the new state, and the fresh statistics for when no gateway answers
     services.state.save(ids, result.state, statistics=statistics if fresh else None)
     services.operating_points.push()
+    # what the Stat Server counted since the previous cycle, for the exporter's abandonment
+    outcomes = shard_outcomes(targets, before=state, after=result.state)
     paced = time.perf_counter()
     return ShardRows(
         shard=shard,
@@ -356,6 +376,21 @@ def pace_shard(services: Services, *, seq: int, shard: int, targets: ShardTarget
         pace_ms=(paced - fetched) * 1000,
         started_at=started_at,
         finished_at=clock(),
+        outcomes=outcomes,
+    )
+
+
+def shard_outcomes(
+    targets: ShardTargets, *, before: NDArray[np.float64], after: NDArray[np.float64]
+) -> dict[str, list[float]]:
+    """Per channel, the interactions the shard's targets answered and abandoned between the
+    state ``before`` pace() and the state it returned (:func:`pacing.cycle.interaction_outcomes`).
+    """
+    return interaction_outcomes(
+        targets.channel,
+        before=before[:, _COUNTER_COLUMNS],
+        after=after[:, _COUNTER_COLUMNS],
+        goal=targets.abandonment_goal,
     )
 
 
@@ -609,6 +644,7 @@ def publish_cycle(
         context,
         outcome.applied_to(staged),
         merged=merged,
+        channels=channels,
         merge_started_at=merge_started_at,
         pipe=pipe,
     )
@@ -867,11 +903,13 @@ def _finish(
     record: CycleRecord,
     *,
     merged: MergedCycle | None = None,
+    channels: Mapping[str, Mapping[str, int]] | None = None,
     merge_started_at: float,
     pipe: redis.client.Pipeline | None = None,
 ) -> CycleRecord:
     """Publish the cycle's figures and let the next cycle start; ``pipe`` holds the cycle's
-    other writes, its audit record staged already. Without it, ``record`` is staged here."""
+    other writes, its audit record staged already. Without it, ``record`` is staged here.
+    ``channels``: the merged cycle's :func:`channel_sums`."""
     keys, clock = services.keys, services.clock
     latency_ms = (clock() - context.started_at) * 1000
     if pipe is None:
@@ -910,16 +948,12 @@ def _finish(
             "reasons": orjson.dumps(
                 {reason.label: count for reason, count in zip(Reason, reasons, strict=True)}
             ),
-            "channels": orjson.dumps(
-                {
-                    c.channel: {
-                        "proactive_budget": c.proactive_budget,
-                        "ready_capacity": c.ready_capacity,
-                        "target_count": c.target_count,
-                    }
-                    for c in record.channels
-                }
-            ),
+            # per channel: budget, ready capacity, targets and how many are in cold start
+            "channels": orjson.dumps(channels or {}),
+            # per channel: the interactions answered and abandoned since the previous cycle,
+            # counted by the shards whatever became of the publish (their state moved on), as
+            # lists in cycle.OUTCOME_FIELDS order; the exporter's abandonment comes from these
+            "outcomes": orjson.dumps(merged.outcomes if merged else {}),
         },
         maxlen=CYCLE_EVENTS_KEPT,
         approximate=True,

@@ -70,7 +70,11 @@ def test_bad_targets_get_budget_zero_with_their_reason_while_the_shard_is_paced(
     assert sum(p.proactive_budget for p in others) > 0
     engine.dispose()
 
-    requests.post(f"{simulator.base_url}/sim/control", json={"corrupt": {}}, timeout=5)
+    requests.post(
+        f"{simulator.base_url}/sim/control",
+        json={"corrupt": dict.fromkeys((unknown, malformed, stale))},  # null heals
+        timeout=5,
+    ).raise_for_status()
 
 
 def test_a_cycle_is_recorded_once_with_its_stage_timings(

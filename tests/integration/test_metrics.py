@@ -4,7 +4,9 @@ free loopback port with basic auth."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -23,6 +26,8 @@ from tests.support import free_port, wait_for
 pytestmark = pytest.mark.integration
 
 CREDENTIALS = ("prometheus", "scrape-secret")
+#: cycles the abandonment comparison runs: at least, and at most (5 minutes at the 1 s period)
+MIN_CYCLES, MAX_CYCLES = 30, 300
 
 
 @pytest.fixture
@@ -123,7 +128,12 @@ def test_scraping_during_a_run_returns_every_business_metric(
     try:
         _run_cycles(simulator, 3)
     finally:
-        requests.post(f"{simulator.base_url}/sim/control", json={"corrupt": {}}, timeout=5)
+        # an empty map heals nothing: name the target
+        requests.post(
+            f"{simulator.base_url}/sim/control",
+            json={"corrupt": {targets[0]["id"]: None}},
+            timeout=5,
+        ).raise_for_status()
     samples = scrape(exporter)
 
     # then: the exporter read the three new cycles' events ...
@@ -287,10 +297,187 @@ def test_every_metric_the_alert_rules_use_is_exported(
     )
     _run_cycles(simulator, 1)
 
-    # when
-    exported = set(scrape(exporter))
+    # when: the samples and, for gauges without a sample yet (a channel's abandonment before
+    # any interaction), the families the scrape declares
+    response = requests.get(exporter, auth=CREDENTIALS, timeout=10)
+    declared = {family.name for family in text_string_to_metric_families(response.text)}
+    exported = set(scrape(exporter)) | declared
 
     # then
-    used = set(re.findall(r"\bpacing_[a-z_]+", rules))
+    used = set(re.findall(r"\bpacing_[a-z0-9_]+", rules))
     assert used
     assert used <= exported, f"not exported: {sorted(used - exported)}"
+
+
+def _simulator_channels(simulator: Any) -> dict[str, dict[str, Any]]:
+    """The simulator's true counts per channel since its metrics window began."""
+    response = requests.get(f"{simulator.base_url}/sim/metrics", timeout=5)
+    response.raise_for_status()
+    return dict(response.json()["channels"])
+
+
+class _Ticker:
+    """Beat's tick by hand, one cycle at a time, at the refresh period."""
+
+    def __init__(self, settings: Any, exporter: str) -> None:
+        from pacing.keys import Keys
+        from pacing.services import redis_client
+
+        self.client = redis_client(settings.effective_redis_url)
+        self.keys = Keys(settings.key_prefix)
+        self.period = settings.refresh_period_seconds
+        self.exporter = exporter
+        self.last_tick = -math.inf
+
+    def cycle(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """Tick once the previous cycle has finished and a period has passed (as beat would,
+        so the simulator sends each publish's invitations over a period); return the scrape
+        once the exporter has read this cycle's event."""
+        from tasks.cycle import refresh
+
+        # a tick while a cycle is in flight is skipped (an overrun): wait for the marker the
+        # previous cycle clears as it finishes, after the event the exporter read
+        wait_for(
+            lambda: not self.client.exists(self.keys.inflight),
+            timeout=30,
+            message="a cycle stayed in flight",
+        )
+        time.sleep(max(0.0, self.last_tick + self.period - time.monotonic()))
+        before = int(self.client.get(self.keys.seq) or 0)
+        self.last_tick = time.monotonic()
+        refresh.delay("test-node")
+        wait_for(
+            lambda: int(self.client.get(self.keys.seq) or 0) > before,
+            timeout=30,
+            message="the tick started no cycle",
+        )
+        seq = int(self.client.get(self.keys.seq) or 0)
+        scraped: dict[str, list[tuple[dict[str, str], float]]] = {}
+
+        def read() -> bool:
+            scraped.clear()
+            scraped.update(scrape(self.exporter))
+            return value(scraped, "pacing_last_cycle_seq") >= seq
+
+        wait_for(read, timeout=30, message=f"the exporter never read cycle {seq}")
+        return scraped
+
+
+def test_the_exporter_s_abandonment_per_channel_is_the_simulator_s_over_the_same_cycles(
+    celery_session_worker: Any,
+    simulator: Any,
+    history_ready: str,
+    stack_settings: Any,
+    exporter: str,
+) -> None:
+    ticker = _Ticker(stack_settings, exporter)
+    usable = {"ok", "cold_start", "no_agents", "queue_full"}
+
+    def abandoned(start: dict[str, Any], end: dict[str, Any]) -> int:
+        return sum(end[c]["abandoned"] - start[c]["abandoned"] for c in end)
+
+    # given: no target's statistics corrupted, and a cycle has read every target's counters
+    # into its state (the simulator's true counts read just before its tick and just after it)
+    requests.post(
+        f"{simulator.base_url}/sim/control", json={"clear": True}, timeout=5
+    ).raise_for_status()
+    before_first = _simulator_channels(simulator)
+    first = ticker.cycle()
+    after_first = _simulator_channels(simulator)
+    assert {labels["reason"] for labels, v in first["pacing_last_cycle_targets"] if v} <= usable
+
+    # when: cycles run at the refresh period, the simulator read just before each tick and
+    # just after it, until some visitor abandoned (the simulator's 40 targets handle about 20
+    # interactions a second, so at their 3 % goal one abandons every few seconds: minutes
+    # without one would be a loop far below its goal, which other tests are about)
+    for cycles in itertools.count(2):
+        before_last = _simulator_channels(simulator)
+        last = ticker.cycle()
+        after_last = _simulator_channels(simulator)
+        if cycles >= MIN_CYCLES and abandoned(after_first, before_last) > 0:
+            break
+        assert cycles < MAX_CYCLES, f"nobody abandoned in {cycles} cycles"
+    ticker.client.close()
+    assert {labels["reason"] for labels, v in last["pacing_last_cycle_targets"] if v} <= usable
+
+    # then, per channel, the exporter counted what the Stat Server's counters moved by between
+    # the first cycle's fetch and the last one's: at least what the simulator counted between
+    # the readings just after the first cycle and just before the last, at most what it
+    # counted between those just before the first and just after the last
+    counted: set[str] = set()
+    for channel in after_last:
+
+        def simulated(
+            counter: str, start: dict[str, Any], end: dict[str, Any], channel: str = channel
+        ) -> int:
+            return int(end[channel][counter] - start[channel][counter])
+
+        exported = {
+            counter: int(
+                increase(
+                    first, last, f"pacing_channel_interactions_{counter}_total", channel=channel
+                )
+            )
+            for counter in ("answered", "abandoned")
+        }
+        for counter, count in exported.items():
+            inside = simulated(counter, after_first, before_last)
+            outside = simulated(counter, before_first, after_last)
+            assert inside <= count <= outside, (channel, counter, inside, count, outside)
+        # (every simulator target has the default 3 % abandonment goal)
+        busy_factor = increase(
+            first,
+            last,
+            "pacing_channel_interactions_answered_total",
+            channel=channel,
+            objective="busy_factor",
+        )
+        assert busy_factor == 0
+
+        # ... so its abandonment, abandoned / (answered + abandoned), lies between the ratios
+        # those bounds allow; the simulator's, abandoned / accepted over the outer readings,
+        # counts the visitors who joined the queue instead of those who left it: the two
+        # differ by the queue's growth, accepted = answered + abandoned + Δwaiting (exact
+        # fractions: the bounds can be attained)
+        left_inside = simulated("answered", after_first, before_last) + simulated(
+            "abandoned", after_first, before_last
+        )
+        left_outside = simulated("answered", before_first, after_last) + simulated(
+            "abandoned", before_first, after_last
+        )
+        if exported["answered"] + exported["abandoned"] > 0:
+            counted.add(channel)
+        if left_inside == 0:
+            continue
+        ratio = Fraction(exported["abandoned"], exported["answered"] + exported["abandoned"])
+        low = Fraction(simulated("abandoned", after_first, before_last), left_outside)
+        high = Fraction(simulated("abandoned", before_first, after_last), left_inside)
+        assert low <= ratio <= high, (channel, float(low), float(ratio), float(high))
+        accepted = simulated("accepted", before_first, after_last)
+        growth = simulated("waiting", before_first, after_last)
+        assert accepted == left_outside + growth
+        true_ratio = Fraction(simulated("abandoned", before_first, after_last), accepted)
+        allowed = (high - low) + true_ratio * abs(growth) / left_outside
+        assert abs(ratio - true_ratio) <= allowed, (
+            channel,
+            float(ratio),
+            float(true_ratio),
+            float(allowed),
+        )
+
+    # and the gauges of the last 15 minutes (which hold these cycles) are there for every
+    # channel that had interactions, next to the goal, with the share of targets in cold start
+    # of the last cycle
+    ratios = {labels["channel"]: v for labels, v in last["pacing_channel_abandonment_ratio_15m"]}
+    goals = {
+        labels["channel"]: v for labels, v in last["pacing_channel_abandonment_goal_ratio_15m"]
+    }
+    assert counted
+    assert counted <= ratios.keys() == goals.keys() <= set(after_last)
+    assert all(0 <= v <= 1 for v in ratios.values())
+    assert all(v == pytest.approx(0.03) for v in goals.values())
+    cold = {labels["channel"]: v for labels, v in last["pacing_channel_cold_start_ratio"]}
+    counts = {labels["channel"]: v for labels, v in last["pacing_channel_targets"]}
+    assert sum(cold[c] * counts[c] for c in counts) == pytest.approx(
+        value(last, "pacing_last_cycle_targets", reason="cold_start")
+    )

@@ -250,8 +250,13 @@ def test_channel_sums_add_budget_and_ready_capacity_per_channel() -> None:
 
     # then unknown ready capacity (None) counts as zero
     assert sums == {
-        "chat": {"proactive_budget": 3, "ready_capacity": 3, "target_count": 3},
-        "callback": {"proactive_budget": 5, "ready_capacity": 7, "target_count": 1},
+        "chat": {"proactive_budget": 3, "ready_capacity": 3, "target_count": 3, "cold_start": 0},
+        "callback": {
+            "proactive_budget": 5,
+            "ready_capacity": 7,
+            "target_count": 1,
+            "cold_start": 0,
+        },
     }
     # and the channels come in order of first appearance, with plain ints (they go into JSON)
     assert list(sums) == ["chat", "callback"]
