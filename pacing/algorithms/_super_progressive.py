@@ -111,30 +111,17 @@ def expected_queue_abandonments(
         block = np.searchsorted(_BLOCK_WIDTHS, width)
         block[~(width > 0)] = -1
         counts = np.bincount(block + 1, minlength=len(_WINDOW_BLOCKS) + 2)[1:]
+        columns = (trials, q, kappa, first, width, headroom, survival)
+
+        def window_of(rows: NDArray[np.intp]) -> _Window:
+            return _Window(*(column[rows] for column in columns))
+
         for members in _groups(counts[:-1]):
             rows = np.flatnonzero((block >= members[0]) & (block <= members[-1]))
-            window = _Window(
-                trials[rows],
-                q[rows],
-                kappa[rows],
-                first[rows],
-                width[rows],
-                headroom[rows],
-                survival[rows],
-            )
-            expected[rows] = _window_sums(window, block[rows], members)
+            expected[rows] = _window_sums(window_of(rows), block[rows], members)
         if counts[-1]:
             rows = np.flatnonzero(block == len(_WINDOW_BLOCKS))
-            window = _Window(
-                trials[rows],
-                q[rows],
-                kappa[rows],
-                first[rows],
-                width[rows],
-                headroom[rows],
-                survival[rows],
-            )
-            expected[rows] = _strided_sum(window)
+            expected[rows] = _strided_sum(window_of(rows))
     return expected
 
 

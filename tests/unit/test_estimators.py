@@ -54,37 +54,31 @@ def test_a_filling_group_is_not_taken_for_faster_than_it_is() -> None:
     assert handle_time >= PARAMETERS.prior_handle_time_seconds
 
 
-def test_in_a_steady_state_the_handle_time_is_busy_slots_over_completions() -> None:
-    # given: 50 busy slots, one completion (and one new answer) every 2 s: h = 100 s; the
-    # Stat Server reports an AHT below that (another definition, or a lagging window)
+def steady_handle_time(*, aht: float) -> float:
+    """h after 2,000 cycles of 50 busy slots and one completion (and one new answer) every 2 s
+    (Little's law: 100 s), with the Stat Server reporting ``aht``."""
     state = cold_state(1)
     for cycle in range(1, 2000):
         state, _ = observe(
             state,
-            observation(answered=float(cycle), busy=50.0, aht=60.0),
+            observation(answered=float(cycle), busy=50.0, aht=aht),
             now=NOW + PERIOD * cycle,
             parameters=PARAMETERS,
         )
+    return float(estimate(state, PARAMETERS).handle_time[0])
 
-    # when
-    handle_time = float(estimate(state, PARAMETERS).handle_time[0])
 
-    # then
-    # (the prior's ten pseudo-interactions at 180 s weigh against 450 remembered ones)
+def test_in_a_steady_state_the_handle_time_is_busy_slots_over_completions() -> None:
+    # given / when: an AHT below that (another definition, or a lagging window)
+    handle_time = steady_handle_time(aht=60.0)
+
+    # then (the prior's ten pseudo-interactions at 180 s weigh against 450 remembered ones)
     assert handle_time == pytest.approx(100.0, rel=0.03)
 
 
 def test_a_longer_aht_than_the_busy_slots_show_is_believed() -> None:
-    # given: the same steady group, with the Stat Server reporting 240 s (wrap-up that the
-    # busy slots do not show, say)
-    state = cold_state(1)
-    for cycle in range(1, 2000):
-        state, _ = observe(
-            state,
-            observation(answered=float(cycle), busy=50.0, aht=240.0),
-            now=NOW + PERIOD * cycle,
-            parameters=PARAMETERS,
-        )
+    # given / when: the Stat Server reports 240 s (wrap-up the busy slots do not show, say)
+    handle_time = steady_handle_time(aht=240.0)
 
-    # when / then
-    assert float(estimate(state, PARAMETERS).handle_time[0]) == pytest.approx(240.0, rel=0.01)
+    # then
+    assert handle_time == pytest.approx(240.0, rel=0.01)
