@@ -486,6 +486,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], str]:
     echo = _echo
     load_at_start = [round(x, 2) for x in os.getloadavg()]
+    code = code_version()  # what the processes load now; the tree may change during the run
     live = start_stack(workdir, args, echo)
     processes_left: int | None = None
     try:
@@ -499,7 +500,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], str]:
         processes_left = live.stop()
     logs = workdir / "logs"
     header = {
-        "code": code_version(),
+        "code": code,
         "started": datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds"),
         "start_generated_at": start,
         "first_publish_after_seconds": first_after,
