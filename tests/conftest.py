@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import free_port, leased_redis_db, redis_url
+from tests.support import LOOPBACK_NODE_SETTINGS, free_port, leased_redis_db, redis_url
 
 _run = contextlib.ExitStack()
 RUN_ID = uuid.uuid4().hex[:8]
@@ -43,7 +43,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "PACING_STAT_SERVER_BACKUP_URL": f"{sim}/statserver/backup",
             "PACING_ENGAGEMENT_URL": f"{sim}/engagement",
             "PACING_ENGAGEMENT_TOKEN": "sim-token",
-            "PACING_REFRESH_PERIOD_SECONDS": "1.0",
+            # cycles run on demand (no beat): period and timeouts far above any scheduling delay
+            **{
+                f"PACING_{name.upper()}": str(value)
+                for name, value in LOOPBACK_NODE_SETTINGS.items()
+            },
         }
     )
 
