@@ -83,6 +83,9 @@ class ShardRows:
     pace_ms: float
     started_at: float = 0.0  # Unix seconds: when the worker began the shard …
     finished_at: float = 0.0  # … and when its rows were ready (the stage timeline of a cycle)
+    #: a Stat Server gateway answered the shard's query; False: no gateway answered, so the shard
+    #: was paced on its targets' last good statistics, or as stale (design.md §3.1)
+    answered: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +103,7 @@ class ShardRows:
             "pace_ms": self.pace_ms,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "answered": self.answered,
         }
 
     @classmethod
@@ -130,6 +134,7 @@ class MergedCycle:
     pace_ms_total: float = 0.0
     shards_started_at: float = 0.0  # Unix seconds: the first shard began …
     shards_finished_at: float = 0.0  # … and the last one finished
+    shards_unanswered: int = 0  # shards no Stat Server gateway answered (ShardRows.answered)
 
     @property
     def error_count(self) -> int:
@@ -179,6 +184,7 @@ def merge_shards(
         pace_ms_total=sum(rows.pace_ms for rows in ordered),
         shards_started_at=min((rows.started_at for rows in ordered), default=0.0),
         shards_finished_at=max((rows.finished_at for rows in ordered), default=0.0),
+        shards_unanswered=sum(not rows.answered for rows in ordered),
     )
 
 

@@ -653,6 +653,28 @@ def test_both_down_names_both_servers_and_causes_without_credentials(
         assert secret not in repr(client)
 
 
+@pytest.mark.parametrize("back_first", ["primary", "backup"])
+def test_after_both_failed_the_next_fetch_asks_them_again(
+    session: requests.Session, primary: HttpStub, backup: HttpStub, back_first: str
+) -> None:
+    # given: the backup serves while the primary is down, then both fail
+    stubs = {"primary": primary, "backup": backup}
+    primary.on("POST", QUERY_PATH, StubResponse(status=503))
+    backup.on("POST", QUERY_PATH, healthy(("t1",)), StubResponse(status=503))
+    client = make_client(session, primary_url=primary.url, backup_url=backup.url)
+    client.fetch(["t1"])
+    with pytest.raises(StatServerUnavailable):
+        client.fetch(["t1"])
+
+    # when: one of them answers again
+    stubs[back_first].on("POST", QUERY_PATH, healthy(("t1",)))
+    result = client.fetch(["t1"])
+
+    # then: the very next fetch asked and got the answer: nothing remembers both as down
+    assert isinstance(result["t1"], TargetStatistics)
+    assert client.active_server == back_first
+
+
 def test_without_backup_a_primary_failure_is_unavailable(session: requests.Session) -> None:
     client = make_client(session, primary_url=refused_url(), backup_url=None)
 
