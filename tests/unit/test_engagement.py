@@ -45,6 +45,7 @@ from tests.http_stub import (
     json_response,
     refused_url,
 )
+from tests.support import unavailable
 
 TOKEN_PATH = "/oauth/token"
 STATIC_TOKEN = "static-TOKEN-0123456789"
@@ -657,7 +658,9 @@ def test_malformed_feedback_fails_when_read_not_when_the_publish_is_acknowledged
 def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is needed to make a self-signed certificate")
+        unavailable(
+            "openssl is needed to make a self-signed certificate; `apt-get install openssl`"
+        )
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
