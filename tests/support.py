@@ -74,8 +74,9 @@ def published_seqs(simulator_url: str) -> list[int]:
 
 def run_cycle_by_hand(simulator_url: str) -> int:
     """Send one beat tick to the in-process worker; return the seq of the cycle it published,
-    once that cycle has finished (its event and last-cycle figures written, the next cycle free
-    to start), so that nothing of it is still running when the caller goes on."""
+    once that cycle has finished (its event and last-cycle figures written, its in-flight marker
+    cleared, so the next tick starts a cycle). Its publish task may still be logging its last
+    lines."""
     from tasks.cycle import refresh  # the tasks read the settings from the environment
 
     settings = load_settings()
@@ -88,10 +89,17 @@ def run_cycle_by_hand(simulator_url: str) -> int:
     )
     seq = max(published_seqs(simulator_url))
     client = redis.Redis.from_url(settings.effective_redis_url)
-    last_cycle = Keys(settings.key_prefix).last_cycle
+    keys = Keys(settings.key_prefix)
+
+    def finished() -> bool:
+        # its figures are written, then its in-flight marker cleared (pipeline._finish)
+        in_flight = (client.get(keys.inflight) or b"").decode()
+        written = int(client.hget(keys.last_cycle, "seq") or 0) >= seq
+        return written and not in_flight.endswith(f":{seq}")
+
     try:
         wait_for(
-            lambda: int(client.hget(last_cycle, "seq") or 0) >= seq,
+            finished,
             timeout=cycle_wait_seconds(settings),
             message=f"cycle {seq} was published but never finished",
         )

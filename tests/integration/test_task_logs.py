@@ -41,13 +41,19 @@ def test_a_cycle_logs_json_lines_bound_to_its_seq_epoch_and_shard(
     def lines() -> list[dict[str, Any]]:
         return [json.loads(line) for line in json_lines.getvalue().splitlines()]
 
-    wait_for(
-        lambda: any(
-            e["message"].startswith("Task pacing.record_cycle") and e.get("seq") == seq
+    def done(task: str) -> bool:
+        return any(
+            e["message"].startswith(f"Task {task}[")
+            and "succeeded in" in e["message"]
+            and e.get("seq") == seq
             for e in lines()
-        ),
+        )
+
+    # the audit may end before the publish task logs its last lines: wait for both
+    wait_for(
+        lambda: done("pacing.record_cycle") and done("pacing.publish_cycle"),
         timeout=cycle_wait_seconds(),
-        message="record_cycle never finished",
+        message="record_cycle or publish_cycle never finished",
     )
     entries = [e for e in lines() if e.get("seq") == seq]
 
