@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import random
 import re
@@ -1087,10 +1088,30 @@ def fault_stat_both_down(cluster: Cluster, *, outage_seconds: float, **_: Any) -
     return result
 
 
+def _period_messages(cluster: Cluster) -> int:
+    """The most messages one period sends: a refresh per node, the shards, the chord body, the
+    audit and a presolve."""
+    return len(cluster.node_names) + _shards_per_cycle(cluster) + 3
+
+
+def _queue_drains(cluster: Cluster) -> bool:
+    """True once the broker queue holds no more than one period's messages."""
+    try:
+        _wait(
+            lambda: int(cluster.redis.llen(QUEUE)) <= _period_messages(cluster),
+            timeout=RECOVERY_TIMEOUT_SECONDS,
+            what="the broker queue to drain",
+        )
+    except TimeoutError:
+        return False
+    return True
+
+
 def _engagement_fault(mode: str) -> Callable[..., FaultResult]:
     def fault(cluster: Cluster, *, outage_seconds: float, **_: Any) -> FaultResult:
         result = FaultResult(f"engagement_{mode}", measured_from="restore")
         cluster.take_queue_max()
+        queued_before = int(cluster.redis.llen(QUEUE))
         window_start = time.time()
         cluster.control({"engagement": {"mode": mode}})
         time.sleep(outage_seconds)
@@ -1112,7 +1133,13 @@ def _engagement_fault(mode: str) -> Callable[..., FaultResult]:
             ok = ok and result.details["kinds_during"] == ["full"]
         else:
             ok = ok and after[0].kind == "full"
-        result.recovered = result.recovered and ok
+        # no pile-up: the queue never held more than the beats and cycles could send in the
+        # window (nothing is sent again and again), and once the endpoint is healthy it drains
+        # by itself to what one period sends
+        periods = math.ceil((time.time() - window_start) / PERIOD_SECONDS) + 1
+        result.details["queue_bound"] = queued_before + periods * _period_messages(cluster)
+        result.details["queue_drained"] = _queue_drains(cluster)
+        result.recovered = result.recovered and ok and result.details["queue_drained"]
         return result
 
     fault.__doc__ = f"The engagement endpoint in mode {mode!r} for the outage, then healthy."

@@ -130,8 +130,10 @@ def test_engagement_faults_cause_no_crash_no_pile_up_and_end_in_a_full_snapshot(
     result = inject(cluster, f"engagement_{mode}")
 
     assert result.details["nodes_alive"], result.details
-    # ticks and shards expire: the queue never holds more than a few periods of work
-    assert result.max_queue_length < 50, result
+    # ticks and shards expire: the queue holds at most what was sent in the window, and once
+    # the endpoint is back it drains by itself
+    assert result.max_queue_length <= result.details["queue_bound"], result
+    assert result.details["queue_drained"], result
     if mode == "reject_delta":
         assert result.details["kinds_during"] == ["full"], result.details
     else:
