@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,13 +15,19 @@ _CHUNK_BYTES: Final = 64 * 1024
 
 
 def read_capped(
-    response: requests.Response, *, max_bytes: int, deadline: float, what: str
+    response: requests.Response,
+    *,
+    max_bytes: int,
+    deadline: float,
+    what: str,
+    clock: Callable[[], float] = time.monotonic,
 ) -> bytes:
     """The decoded body of a streamed response, at most ``max_bytes`` long.
 
     Raises :class:`InvalidResponse` for a larger or undecodable body and ``requests.Timeout``
-    once ``deadline`` (``time.monotonic()``) passes: requests' read timeout bounds each socket
-    read, not the whole body, so a server trickling bytes would otherwise hold the caller.
+    once ``deadline`` (on ``clock``, monotonic seconds) passes: requests' read timeout bounds
+    each socket read, not the whole body, so a server trickling bytes would otherwise hold the
+    caller.
     """
     too_large = InvalidResponse(f"{what} sent a body larger than {max_bytes} bytes.")
     declared = response.headers.get("Content-Length", "")
@@ -33,7 +40,7 @@ def read_capped(
             buffer += chunk
             if len(buffer) > max_bytes:
                 raise too_large
-            if time.monotonic() > deadline:
+            if clock() > deadline:
                 raise requests.Timeout("the body took longer than the connect + read timeout")
     except requests.exceptions.ContentDecodingError as exc:
         raise InvalidResponse(f"{what} sent a body that could not be decompressed.") from exc

@@ -86,6 +86,9 @@ class ShardRows:
     #: channel → the interactions its targets answered and abandoned since the previous cycle
     #: (:func:`interaction_outcomes`); a shard of an older release has none
     outcomes: dict[str, list[float]] = field(default_factory=dict)
+    #: a Stat Server gateway answered the shard's query; False: no gateway answered, so the shard
+    #: was paced on its targets' last good statistics, or as stale (design.md §3.1)
+    answered: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +107,7 @@ class ShardRows:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "outcomes": self.outcomes,
+            "answered": self.answered,
         }
 
     @classmethod
@@ -216,6 +220,7 @@ class MergedCycle:
     shards_finished_at: float = 0.0  # … and the last one finished
     #: the shards' interaction_outcomes summed per channel
     outcomes: dict[str, list[float]] = field(default_factory=dict)
+    shards_unanswered: int = 0  # shards no Stat Server gateway answered (ShardRows.answered)
 
     @property
     def error_count(self) -> int:
@@ -266,6 +271,7 @@ def merge_shards(
         shards_started_at=min((rows.started_at for rows in ordered), default=0.0),
         shards_finished_at=max((rows.finished_at for rows in ordered), default=0.0),
         outcomes=merged_outcomes(ordered),
+        shards_unanswered=sum(not rows.answered for rows in ordered),
     )
 
 

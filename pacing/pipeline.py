@@ -377,6 +377,7 @@ def pace_shard(services: Services, *, seq: int, shard: int, targets: ShardTarget
         started_at=started_at,
         finished_at=clock(),
         outcomes=outcomes,
+        answered=fresh,
     )
 
 
@@ -449,6 +450,7 @@ def failed_shard(*, seq: int, shard: int, rows: Sequence[Sequence[Any]]) -> Shar
         waiting=[None] * n,
         fetch_ms=0.0,
         pace_ms=0.0,
+        answered=False,
     )
 
 
@@ -936,6 +938,8 @@ def _finish(
             "started_at": context.started_at,
             "shards_started_at": merged.shards_started_at if merged else 0.0,
             "shards_finished_at": merged.shards_finished_at if merged else 0.0,
+            # shards paced without a Stat Server answer (on last good statistics, or stale)
+            "shards_unanswered": merged.shards_unanswered if merged else 0,
             "merge_started_at": merge_started_at,
             "published_at": record.published_at.timestamp() if record.published_at else 0.0,
             "fetch_ms_total": merged.fetch_ms_total if merged else 0.0,

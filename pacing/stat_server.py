@@ -278,7 +278,10 @@ class StatServerClient:
         failback_seconds: float = 30.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` (Unix seconds) judges row ages and the failback interval; ``monotonic``
+        bounds a response body to the connect plus the read timeout."""
         self._urls: dict[ServerRole, str] = {"primary": primary_url.rstrip("/")}
         if backup_url is not None:
             self._urls["backup"] = backup_url.rstrip("/")
@@ -289,6 +292,7 @@ class StatServerClient:
         self._max_body_bytes = max_body_bytes
         # One clock for row ages and for failback: rows carry Unix timestamps, so wall time.
         self._clock = clock
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self._active: ServerRole = "primary"
         self._active_since = clock()
@@ -370,7 +374,7 @@ class StatServerClient:
         # requests' read timeout bounds each socket read, not the whole body; a server that
         # trickles bytes would otherwise hold the shard past the refresh period. The deadline is
         # checked per received chunk, so it bounds a slow large body, not a byte-per-second one.
-        deadline = time.monotonic() + self._timeout[0] + self._timeout[1]
+        deadline = self._monotonic() + self._timeout[0] + self._timeout[1]
         try:
             with self._session.post(
                 url,
@@ -385,7 +389,11 @@ class StatServerClient:
                 if not is_json(response.headers.get("Content-Type")):
                     raise _Unusable("the response is not application/json")
                 raw = read_capped(
-                    response, max_bytes=self._max_body_bytes, deadline=deadline, what="the server"
+                    response,
+                    max_bytes=self._max_body_bytes,
+                    deadline=deadline,
+                    what="the server",
+                    clock=self._monotonic,
                 )
         except InvalidResponse as exc:  # too large or undecodable
             raise _Unusable(str(exc)) from exc

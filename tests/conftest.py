@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import free_port, leased_redis_db, redis_url
+from tests.support import LOOPBACK_NODE_SETTINGS, free_port, leased_redis_db, redis_url
 
 _run = contextlib.ExitStack()
 RUN_ID = uuid.uuid4().hex[:8]
@@ -43,7 +43,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "PACING_STAT_SERVER_BACKUP_URL": f"{sim}/statserver/backup",
             "PACING_ENGAGEMENT_URL": f"{sim}/engagement",
             "PACING_ENGAGEMENT_TOKEN": "sim-token",
-            "PACING_REFRESH_PERIOD_SECONDS": "1.0",
+            # Cycles run on demand (no beat). A long period gives long deadlines and a read
+            # timeout of 0.6 × period (15 s), far above any scheduling delay; the connect timeout
+            # stays at its default, as the kernel completes a loopback handshake by itself. (Only
+            # the period: the environment also reaches the settings other stacks load.)
+            "PACING_REFRESH_PERIOD_SECONDS": str(LOOPBACK_NODE_SETTINGS["refresh_period_seconds"]),
         }
     )
 

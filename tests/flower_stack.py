@@ -23,6 +23,7 @@ from pacing.history.migrate import upgrade_to_head
 from pacing.localstack import LocalStack, import_simulator_targets
 from pacing.settings import load_settings
 from pacing.simulator import SimulatorConfig, start_simulator
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 from tests.support import free_port, leased_redis_db, redis_url, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,10 @@ class FlowerStack:
     def tasks(self, **params: Any) -> dict[str, dict[str, Any]]:
         """Flower's ``/api/tasks`` with the stack's credentials."""
         response = requests.get(
-            f"{self.base_url}/api/tasks", params=params, auth=self.auth, timeout=10
+            f"{self.base_url}/api/tasks",
+            params=params,
+            auth=self.auth,
+            timeout=LOOPBACK_TIMEOUT_SECONDS,
         )
         response.raise_for_status()
         return dict(response.json())

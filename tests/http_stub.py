@@ -13,6 +13,12 @@ Each route holds a queue of responses: every request takes the next one and the 
 A response may also be a callable that builds the answer from the recorded request. Unrouted
 requests get ``404``. The server speaks HTTP/1.0 (one request per connection), so stopping it never
 waits for an idle keep-alive connection of a client that is still open.
+
+Timeouts: a stub's answer waits for its thread to be scheduled, which on a loaded machine can
+take longer than any short client timeout. Clients of stubs that answer therefore use
+:data:`LOOPBACK_TIMEOUT_SECONDS`; a timeout path is tested against a server that never answers
+(:data:`NEVER_ANSWERS`, :func:`unreachable_url`), so the only timing left is "the client gives up
+after its timeout", which holds however slow the machine is.
 """
 
 from __future__ import annotations
@@ -30,12 +36,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 __all__ = [
+    "GIVE_UP_SECONDS",
+    "LOOPBACK_TIMEOUT_SECONDS",
+    "NEVER_ANSWERS",
     "HttpStub",
     "RecordedRequest",
     "StubResponse",
     "json_response",
     "refused_url",
+    "unreachable_url",
 ]
+
+#: Connect and read timeout for clients of stubs that answer: far above any scheduling delay of a
+#: loaded machine, so an answer is never given up on; a test that waits this long has hung.
+LOOPBACK_TIMEOUT_SECONDS = 20.0
+#: Timeout for a client of a server that never answers: it gives up after this whatever the load.
+GIVE_UP_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -69,10 +85,11 @@ class RecordedRequest:
 class StubResponse:
     """What the stub answers.
 
-    ``delay_seconds`` holds the answer back (a hanging server); stopping the stub cuts the delay
-    short. ``piece_bytes``/``piece_delay_seconds`` send the body in pieces with a pause between
-    them (a trickling server). ``send_content_length=False`` ends the body by closing the
-    connection instead.
+    ``delay_seconds`` holds the answer back (a slow server); stopping the stub cuts the delay
+    short. ``hold=True`` never answers: the request is held until the stub stops (a hung
+    server, see :data:`NEVER_ANSWERS`). ``piece_bytes``/``piece_delay_seconds`` send the body
+    in pieces with a pause between them (a trickling server). ``send_content_length=False``
+    ends the body by closing the connection instead.
     """
 
     status: int = 200
@@ -82,7 +99,11 @@ class StubResponse:
     send_content_length: bool = True
     piece_bytes: int = 0
     piece_delay_seconds: float = 0.0
+    hold: bool = False
 
+
+#: A hung server: reads the request and never answers (until the stub stops).
+NEVER_ANSWERS = StubResponse(hold=True)
 
 Responder = StubResponse | Callable[[RecordedRequest], StubResponse]
 
@@ -112,6 +133,25 @@ def refused_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def unreachable_url() -> Iterator[str]:
+    """A loopback URL whose TCP handshake never completes: the client waits for its connect
+    timeout, however fast or slow the machine is.
+
+    A listening socket with a backlog of 0 holds one connection that nobody accepts; with its
+    accept queue full, Linux drops every further SYN, so a ``connect`` hangs (as it would towards
+    a host that is down) instead of being refused. A server reachable on loopback still connects
+    at once (the kernel completes the handshake), so a test can give the client a short connect
+    timeout for this URL and long read timeouts for every server that answers.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):  # fills the accept queue
+            yield f"http://127.0.0.1:{port}"
 
 
 class HttpStub:
@@ -236,6 +276,9 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
         )
         response = self.owner._answer(request)
+        if response.hold:
+            self.owner._stopping.wait()
+            return
         if response.delay_seconds and self.owner._stopping.wait(response.delay_seconds):
             return
         try:

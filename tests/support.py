@@ -11,12 +11,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import psycopg
+import pytest
 import redis
+import requests
 
+from pacing.keys import Keys
 from pacing.localstack import LocalStack, Process
-from pacing.settings import load_settings
+from pacing.settings import Settings, load_settings
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 
 REDIS_HOST = os.environ.get("PACING_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("PACING_TEST_REDIS_PORT", "6379"))
@@ -26,6 +31,81 @@ POSTGRES_ADMIN_DSN = os.environ.get(
 # databases 0 and 1 are left to people; each test run leases its own from the rest
 _REDIS_TEST_DBS = range(2, 16)
 _LEASE_SECONDS = 3600
+
+
+#: Settings of a node under test whose HTTP clients talk to servers on loopback (the scripted
+#: stub, the simulator): connect and read timeouts far above any scheduling delay, so a test never
+#: fails because a busy machine scheduled the server's thread late (tests/http_stub.py). The
+#: settings keep connect + read below two refresh periods, and a cycle's tasks expire at its
+#: deadline (two periods), so the period is long as well. No test waits for it: tests start cycles
+#: by hand (there is no beat) or move their clocks by hand.
+LOOPBACK_NODE_SETTINGS: dict[str, float] = {
+    "refresh_period_seconds": 1.25 * LOOPBACK_TIMEOUT_SECONDS,
+    "http_connect_timeout_seconds": LOOPBACK_TIMEOUT_SECONDS,
+    "http_read_timeout_seconds": LOOPBACK_TIMEOUT_SECONDS,
+}
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip a test that needs a tool this machine lacks, for the reasons the README's
+    Development section lists; under CI (``CI`` set) fail instead: ``.ci/run`` installs every
+    tool, so there a missing one is a broken set-up, never a check that silently stops running."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def cycle_wait_seconds(settings: Settings | None = None) -> float:
+    """How long a test waits for a cycle it started by hand to reach the receiver: a cycle
+    publishes by its deadline or never, and its tick is taken within a refresh period
+    (``settings``: the in-process stack's, from the environment, when not given)."""
+    settings = settings or load_settings()
+    return settings.cycle_deadline + settings.refresh_period_seconds
+
+
+def published_seqs(simulator_url: str) -> list[int]:
+    """The seqs the simulator's receiver accepted, in order."""
+    response = requests.get(
+        f"{simulator_url}/sim/published", params={"after": 0}, timeout=LOOPBACK_TIMEOUT_SECONDS
+    )
+    response.raise_for_status()
+    return [int(p["seq"]) for p in response.json()["published"]]
+
+
+def run_cycle_by_hand(simulator_url: str) -> int:
+    """Send one beat tick to the in-process worker; return the seq of the cycle it published,
+    once that cycle has finished (its event and last-cycle figures written, its in-flight marker
+    cleared, so the next tick starts a cycle). Its publish task may still be logging its last
+    lines."""
+    from tasks.cycle import refresh  # the tasks read the settings from the environment
+
+    settings = load_settings()
+    before = max(published_seqs(simulator_url), default=0)
+    refresh.delay(settings.node_name)
+    wait_for(
+        lambda: max(published_seqs(simulator_url), default=0) > before,
+        timeout=cycle_wait_seconds(settings),
+        message="no new cycle reached the simulator",
+    )
+    seq = max(published_seqs(simulator_url))
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    keys = Keys(settings.key_prefix)
+
+    def finished() -> bool:
+        # its figures are written, then its in-flight marker cleared (pipeline._finish)
+        in_flight = (client.get(keys.inflight) or b"").decode()
+        written = int(client.hget(keys.last_cycle, "seq") or 0) >= seq
+        return written and not in_flight.endswith(f":{seq}")
+
+    try:
+        wait_for(
+            finished,
+            timeout=cycle_wait_seconds(settings),
+            message=f"cycle {seq} was published but never finished",
+        )
+    finally:
+        client.close()
+    return seq
 
 
 def redis_url(db: int) -> str:

@@ -8,29 +8,10 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import wait_for
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
+from tests.support import cycle_wait_seconds, run_cycle_by_hand, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _published(simulator: Any) -> list[dict[str, Any]]:
-    response = requests.get(f"{simulator.base_url}/sim/published", params={"after": 0}, timeout=5)
-    response.raise_for_status()
-    return list(response.json()["published"])
-
-
-def _run_one_cycle(simulator: Any) -> int:
-    """Send one beat tick by hand and wait until the receiver has a newer publish."""
-    from tasks.cycle import refresh
-
-    before = max((p["seq"] for p in _published(simulator)), default=0)
-    refresh.delay("test-node")
-    wait_for(
-        lambda: max((p["seq"] for p in _published(simulator)), default=0) > before,
-        timeout=30,
-        message="no new cycle reached the simulator",
-    )
-    return int(max(p["seq"] for p in _published(simulator)))
 
 
 def test_bad_targets_get_budget_zero_with_their_reason_while_the_shard_is_paced(
@@ -39,23 +20,25 @@ def test_bad_targets_get_budget_zero_with_their_reason_while_the_shard_is_paced(
     from pacing.history import repository
 
     # given: three targets whose statistics are bad in three different ways
-    targets = requests.get(f"{simulator.base_url}/sim/targets", timeout=5).json()["targets"]
+    targets = requests.get(
+        f"{simulator.base_url}/sim/targets", timeout=LOOPBACK_TIMEOUT_SECONDS
+    ).json()["targets"]
     ids = [t["id"] for t in targets]
     assert len(ids) < stack_settings.shard_size, "the test needs every target in one shard"
     unknown, malformed, stale = ids[0], ids[1], ids[2]
     requests.post(
         f"{simulator.base_url}/sim/control",
         json={"corrupt": {unknown: "missing", malformed: "malformed", stale: "stale"}},
-        timeout=5,
+        timeout=LOOPBACK_TIMEOUT_SECONDS,
     ).raise_for_status()
 
     # when: cycles run until one is published and audited
-    seq = _run_one_cycle(simulator)
-    seq = _run_one_cycle(simulator)
+    seq = run_cycle_by_hand(simulator.base_url)
+    seq = run_cycle_by_hand(simulator.base_url)
     engine = repository.create_history_engine(history_ready)
     wait_for(
         lambda: any(c.seq == seq for c in repository.last_cycles(engine, 5)),
-        timeout=30,
+        timeout=cycle_wait_seconds(),
         message=f"cycle {seq} never reached the history database",
     )
 
@@ -73,7 +56,7 @@ def test_bad_targets_get_budget_zero_with_their_reason_while_the_shard_is_paced(
     requests.post(
         f"{simulator.base_url}/sim/control",
         json={"corrupt": dict.fromkeys((unknown, malformed, stale))},  # null heals
-        timeout=5,
+        timeout=LOOPBACK_TIMEOUT_SECONDS,
     ).raise_for_status()
 
 
@@ -83,11 +66,11 @@ def test_a_cycle_is_recorded_once_with_its_stage_timings(
     from pacing.history import repository
 
     # given / when
-    seq = _run_one_cycle(simulator)
+    seq = run_cycle_by_hand(simulator.base_url)
     engine = repository.create_history_engine(history_ready)
     wait_for(
         lambda: any(c.seq == seq for c in repository.last_cycles(engine, 10)),
-        timeout=30,
+        timeout=cycle_wait_seconds(),
         message=f"cycle {seq} never reached the history database",
     )
 

@@ -24,6 +24,7 @@ from tests.flower_stack import (
     FlowerStack,
     running_flower_stack,
 )
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -107,19 +108,26 @@ def test_flower_shows_short_secret_free_argument_summaries(flower: FlowerStack) 
 def test_flower_api_answers_401_without_or_with_wrong_credentials(flower: FlowerStack) -> None:
     for path in ("/api/tasks", "/api/workers", "/api/task/types", "/tasks"):
         # when: no credentials
-        anonymous = requests.get(flower.base_url + path, timeout=10)
+        anonymous = requests.get(flower.base_url + path, timeout=LOOPBACK_TIMEOUT_SECONDS)
         # ... or a wrong password
-        wrong = requests.get(flower.base_url + path, auth=(flower.auth[0], "wrong"), timeout=10)
+        wrong = requests.get(
+            flower.base_url + path, auth=(flower.auth[0], "wrong"), timeout=LOOPBACK_TIMEOUT_SECONDS
+        )
 
         # then
         assert anonymous.status_code == 401, path
         assert wrong.status_code == 401, path
     # ... and the page asks a browser for basic auth
-    page = requests.get(flower.base_url + "/tasks", timeout=10)
+    page = requests.get(flower.base_url + "/tasks", timeout=LOOPBACK_TIMEOUT_SECONDS)
     assert page.headers["WWW-Authenticate"].startswith("Basic")
     # ... while the credentials from PACING_FLOWER_BASIC_AUTH open the same pages
     for path in ("/api/workers", "/tasks"):
-        assert requests.get(flower.base_url + path, auth=flower.auth, timeout=10).status_code == 200
+        assert (
+            requests.get(
+                flower.base_url + path, auth=flower.auth, timeout=LOOPBACK_TIMEOUT_SECONDS
+            ).status_code
+            == 200
+        )
 
 
 def test_flower_refuses_to_start_without_credentials_outside_development(

@@ -46,6 +46,7 @@ from pacing.history import (
 from pacing.history import repository as history_repository
 from pacing.history.migrate import alembic_config, check_drift, current_revision, upgrade_to_head
 from pacing.history.models import ChannelTotalModel, CycleModel, DecisionModel
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -80,7 +81,9 @@ def postgres_database_factory() -> Iterator[list[str]]:
 def _new_database(created: list[str]) -> str:
     name = f"pacing_test_{secrets.token_hex(6)}"
     try:
-        with psycopg.connect(_admin_conninfo(), autocommit=True, connect_timeout=5) as admin:
+        with psycopg.connect(
+            _admin_conninfo(), autocommit=True, connect_timeout=int(LOOPBACK_TIMEOUT_SECONDS)
+        ) as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL at {make_url(ADMIN_URL)!r} is not reachable: {exc}")

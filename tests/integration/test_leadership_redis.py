@@ -7,7 +7,6 @@ import contextlib
 import math
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -22,13 +21,13 @@ from pacing.leadership import FenceVerdict, Leadership, Role, TickOutcome
 from pacing.state import FEEDBACK_WIDTH, SharedOperatingPoints, StateStore
 from pacing.statistics import STATISTICS_FIELDS, StatisticsBatch
 from pacing.status import cluster_status
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 from tests.support import REDIS_HOST, REDIS_PORT, leased_redis_db, redis_url
 
 pytestmark = pytest.mark.integration
 
 LONG_TTL = 30.0  # seconds; long enough never to expire inside a test
 DEADLINE = 20.0
-SHORT_TTL = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +62,17 @@ def tick(
     return leadership.tick(node=node, lease_ttl_seconds=ttl, deadline_seconds=deadline)
 
 
+def expire(client: redis.Redis, key: str) -> None:
+    """End ``key`` as its TTL running out would: Redis deletes an expired key.
+
+    Tests give the lease and the in-flight marker TTLs no pause of a busy machine can outlast,
+    check the TTL was set, and end it here, instead of sleeping past a short TTL (a pause
+    between two ticks would then expire a lease the test needs held).
+    """
+    assert client.pttl(key) > 0, f"{key} has no TTL"
+    client.delete(key)
+
+
 # --- the lease ---------------------------------------------------------------------------------
 
 
@@ -88,19 +98,19 @@ def test_the_leader_renews_its_lease_in_the_same_epoch(
     leadership: Leadership, client: redis.Redis, keys: Keys
 ) -> None:
     # given node-a leads and its first cycle finished
-    first = tick(leadership, "node-a", ttl=5.0)
+    first = tick(leadership, "node-a")
     leadership.finish_cycle(epoch=first.epoch, seq=first.seq)
-    client.pexpire(keys.lease, 1000)  # most of the lease has run out
+    client.pexpire(keys.lease, 5000)  # most of the lease has run out
 
     # when
-    second = tick(leadership, "node-a", ttl=5.0)
+    second = tick(leadership, "node-a")
 
     # then
     assert second.role is Role.LEADER
     assert second.epoch == first.epoch
     assert second.seq == first.seq + 1
     assert second.new_leader is False
-    assert client.pttl(keys.lease) > 4000  # renewed to the full TTL
+    assert 5000 < client.pttl(keys.lease) <= LONG_TTL * 1000  # renewed to the full TTL
 
 
 def test_another_node_stands_by_and_learns_the_leader(
@@ -165,13 +175,16 @@ def test_finish_cycle_clears_only_its_own_in_flight_marker(
     assert (nxt.role, nxt.seq) == (Role.LEADER, 2)
 
 
-def test_an_expired_in_flight_marker_lets_the_next_cycle_start(leadership: Leadership) -> None:
-    # given cycle 1 was started with a short deadline and never finished
-    tick(leadership, "node-a", deadline=0.2)
-    time.sleep(0.3)
+def test_an_expired_in_flight_marker_lets_the_next_cycle_start(
+    leadership: Leadership, client: redis.Redis, keys: Keys
+) -> None:
+    # given cycle 1 was started and never finished; its marker lives until the deadline
+    tick(leadership, "node-a")
+    assert 0 < client.pttl(keys.inflight) <= DEADLINE * 1000
+    expire(client, keys.inflight)
 
     # when
-    outcome = tick(leadership, "node-a", deadline=0.2)
+    outcome = tick(leadership, "node-a")
 
     # then
     assert (outcome.role, outcome.epoch, outcome.seq) == (Role.LEADER, 1, 2)
@@ -180,13 +193,13 @@ def test_an_expired_in_flight_marker_lets_the_next_cycle_start(leadership: Leade
 def test_another_node_takes_over_after_the_lease_expires(
     leadership: Leadership, client: redis.Redis, keys: Keys
 ) -> None:
-    # given node-a led with a short lease and its cycle is still in flight (deadline long)
-    tick(leadership, "node-a", ttl=SHORT_TTL)
-    assert tick(leadership, "node-b", ttl=SHORT_TTL).role is Role.STANDBY
-    time.sleep(SHORT_TTL + 0.2)
+    # given node-a led, its cycle is still in flight, and its lease ran out
+    tick(leadership, "node-a")
+    assert tick(leadership, "node-b").role is Role.STANDBY
+    expire(client, keys.lease)
 
     # when
-    outcome = tick(leadership, "node-b", ttl=SHORT_TTL)
+    outcome = tick(leadership, "node-b")
 
     # then the old epoch's in-flight cycle does not block the new leader
     assert outcome.role is Role.LEADER
@@ -199,10 +212,12 @@ def test_another_node_takes_over_after_the_lease_expires(
     assert client.hget(keys.counters, "leadership_changes") == b"2"
 
 
-def test_a_former_leader_becomes_standby_after_a_takeover(leadership: Leadership) -> None:
+def test_a_former_leader_becomes_standby_after_a_takeover(
+    leadership: Leadership, client: redis.Redis, keys: Keys
+) -> None:
     # given node-b took over from node-a
-    tick(leadership, "node-a", ttl=SHORT_TTL)
-    time.sleep(SHORT_TTL + 0.2)
+    tick(leadership, "node-a")
+    expire(client, keys.lease)
     tick(leadership, "node-b")
 
     # when node-a wakes up
@@ -263,8 +278,8 @@ def test_claim_publish_refuses_a_stale_epoch(
     leadership: Leadership, client: redis.Redis, keys: Keys
 ) -> None:
     # given node-a's epoch 1 was replaced by node-b's epoch 2
-    old = tick(leadership, "node-a", ttl=SHORT_TTL)
-    time.sleep(SHORT_TTL + 0.2)
+    old = tick(leadership, "node-a")
+    expire(client, keys.lease)
     new = tick(leadership, "node-b")
 
     # when the former leader tries to publish its cycle
@@ -280,8 +295,8 @@ def test_claim_publish_without_a_lease_is_deposed(
     leadership: Leadership, client: redis.Redis, keys: Keys
 ) -> None:
     # given the lease expired and nobody took it yet
-    outcome = tick(leadership, "node-a", ttl=SHORT_TTL)
-    time.sleep(SHORT_TTL + 0.2)
+    outcome = tick(leadership, "node-a")
+    expire(client, keys.lease)
     assert client.get(keys.lease) is None
 
     # when
@@ -291,16 +306,18 @@ def test_claim_publish_without_a_lease_is_deposed(
     assert verdict is FenceVerdict.DEPOSED
 
 
-def test_seq_increases_strictly_across_leaders(leadership: Leadership) -> None:
+def test_seq_increases_strictly_across_leaders(
+    leadership: Leadership, client: redis.Redis, keys: Keys
+) -> None:
     # given three leaders one after the other, two cycles each
     seen: list[tuple[int, int]] = []
     for node in ("node-a", "node-b", "node-c"):
         for _ in range(2):
-            outcome = tick(leadership, node, ttl=SHORT_TTL)
+            outcome = tick(leadership, node)
             assert outcome.role is Role.LEADER
             seen.append((outcome.epoch, outcome.seq))
             leadership.finish_cycle(epoch=outcome.epoch, seq=outcome.seq)
-        time.sleep(SHORT_TTL + 0.2)
+        expire(client, keys.lease)
 
     # then
     seqs = [seq for _, seq in seen]
@@ -548,7 +565,9 @@ def test_a_packed_batch_lost_mid_request_is_sent_again_on_a_fresh_connection(
 ) -> None:
     # given: a store whose first request dies with its connection
     proxy = _DropsFirstHset(REDIS_HOST, REDIS_PORT)
-    proxied = redis.Redis(host="127.0.0.1", port=proxy.port, db=redis_db, socket_timeout=5)
+    proxied = redis.Redis(
+        host="127.0.0.1", port=proxy.port, db=redis_db, socket_timeout=LOOPBACK_TIMEOUT_SECONDS
+    )
     try:
         store = StateStore(proxied, keys)
 

@@ -20,7 +20,7 @@ from pacing.pipeline import PUBLISH_RETRY_PAUSE_SECONDS, CycleContext
 from pacing.services import Services
 from pacing.settings import load_settings
 from tests.http_stub import HttpStub, RecordedRequest, StubResponse, json_response
-from tests.support import leased_redis_db, redis_url
+from tests.support import LOOPBACK_NODE_SETTINGS, leased_redis_db, redis_url
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,8 @@ def services(redis_db: int, stub: HttpStub, clock: FakeClock) -> Iterator[Servic
             "key_prefix": f"pipeline-test-{uuid.uuid4().hex[:8]}",
             "engagement_url": stub.url,
             "engagement_token": "t",
-            "refresh_period_seconds": 1.0,  # deadline 2 s, lease 3 s
+            **LOOPBACK_NODE_SETTINGS,
+            "cycle_deadline_seconds": LOOPBACK_NODE_SETTINGS["refresh_period_seconds"],  # the least
             "full_snapshot_every": 100,
         }
     )

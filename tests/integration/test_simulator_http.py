@@ -13,10 +13,11 @@ import requests
 
 from pacing.domain import is_valid_target_id
 from pacing.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.http_stub import GIVE_UP_SECONDS, LOOPBACK_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.integration
 
-TIMEOUT = 5.0
+TIMEOUT = LOOPBACK_TIMEOUT_SECONDS
 TOKEN = "test-token"
 
 
@@ -425,16 +426,16 @@ def test_primary_down_while_backup_answers(
 def test_error_500_and_slow_modes(
     sim: RunningSimulator, http: requests.Session, target_ids: list[str]
 ) -> None:
+    # "slow" holds the answer for a minute (stopping the simulator cuts it short): far beyond
+    # the client's read timeout however busy the machine is
     control(
         http,
         sim,
-        {"stat_server": {"primary": "error_500", "backup": "slow"}, "slow_seconds": 5},
+        {"stat_server": {"primary": "error_500", "backup": "slow"}, "slow_seconds": 60},
     ).raise_for_status()
     assert query(http, sim.stat_server_primary_url, target_ids[:1]).status_code == 500
-    started = time.monotonic()
     with pytest.raises(requests.ReadTimeout):
-        query(http, sim.stat_server_backup_url, target_ids[:1], timeout=0.3)
-    assert time.monotonic() - started < 2.0
+        query(http, sim.stat_server_backup_url, target_ids[:1], timeout=GIVE_UP_SECONDS)
 
 
 def test_engagement_down_and_error_modes(
@@ -499,6 +500,7 @@ def test_latency_is_added_to_statistics_requests(
     control(http, sim, {"latency_ms": 200}).raise_for_status()
     started = time.monotonic()
     assert query(http, sim.stat_server_primary_url, target_ids[:1]).status_code == 200
+    # a lower bound only: the simulator sleeps that long; a busy machine only adds to it
     assert time.monotonic() - started >= 0.2
 
 

@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
-from tests.support import wait_for
+from tests.support import cycle_wait_seconds, run_cycle_by_hand, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,33 +32,28 @@ def json_lines() -> Iterator[io.StringIO]:
         root.removeHandler(handler)
 
 
-def _published_seq(simulator: Any) -> int:
-    response = requests.get(f"{simulator.base_url}/sim/published", params={"after": 0}, timeout=5)
-    response.raise_for_status()
-    return max((p["seq"] for p in response.json()["published"]), default=0)
-
-
 def test_a_cycle_logs_json_lines_bound_to_its_seq_epoch_and_shard(
     celery_session_worker: Any, simulator: Any, history_ready: str, json_lines: io.StringIO
 ) -> None:
-    from tasks.cycle import refresh
-
     # given / when: one cycle runs on the worker and is audited
-    before = _published_seq(simulator)
-    refresh.delay("test-node")
-    wait_for(lambda: _published_seq(simulator) > before, timeout=30, message="no cycle published")
-    seq = _published_seq(simulator)
+    seq = run_cycle_by_hand(simulator.base_url)
 
     def lines() -> list[dict[str, Any]]:
         return [json.loads(line) for line in json_lines.getvalue().splitlines()]
 
-    wait_for(
-        lambda: any(
-            e["message"].startswith("Task pacing.record_cycle") and e.get("seq") == seq
+    def done(task: str) -> bool:
+        return any(
+            e["message"].startswith(f"Task {task}[")
+            and "succeeded in" in e["message"]
+            and e.get("seq") == seq
             for e in lines()
-        ),
-        timeout=30,
-        message="record_cycle never finished",
+        )
+
+    # the audit may end before the publish task logs its last lines: wait for both
+    wait_for(
+        lambda: done("pacing.record_cycle") and done("pacing.publish_cycle"),
+        timeout=cycle_wait_seconds(),
+        message="record_cycle or publish_cycle never finished",
     )
     entries = [e for e in lines() if e.get("seq") == seq]
 

@@ -21,6 +21,7 @@ from pacing.history.migrate import upgrade_to_head
 from pacing.localstack import LocalStack, import_simulator_targets
 from pacing.settings import load_settings
 from pacing.simulator import SimulatorConfig, start_simulator
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 from tests.support import leased_redis_db, redis_url, throwaway_postgres_database, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -37,7 +38,9 @@ class Cluster:
 
     def published(self) -> list[dict[str, Any]]:
         response = requests.get(
-            f"{self.simulator.base_url}/sim/published", params={"after": 0}, timeout=5
+            f"{self.simulator.base_url}/sim/published",
+            params={"after": 0},
+            timeout=LOOPBACK_TIMEOUT_SECONDS,
         )
         response.raise_for_status()
         return list(response.json()["published"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import random
 import re
@@ -43,9 +44,11 @@ import redis
 import requests
 
 from pacing.history.migrate import upgrade_to_head
+from pacing.keys import Keys
 from pacing.localstack import LocalStack, Process, import_simulator_targets
 from pacing.settings import Settings, load_settings
 from pacing.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 
 PERIOD_SECONDS = 1.0
 TARGETS = 300
@@ -409,7 +412,9 @@ class Cluster:
         self.stack = LocalStack(settings=self.settings, workdir=workdir)
         self._exit.callback(self.stack.stop)
         self.redis = redis.Redis.from_url(
-            self.redis_server.url, socket_timeout=2, socket_connect_timeout=1
+            self.redis_server.url,
+            socket_timeout=LOOPBACK_TIMEOUT_SECONDS,
+            socket_connect_timeout=LOOPBACK_TIMEOUT_SECONDS,
         )
         self._exit.callback(self.redis.close)
         self.http = requests.Session()
@@ -509,7 +514,8 @@ class Cluster:
 
         def answers() -> bool:
             try:
-                return self.http.get(f"{base}/healthcheck", timeout=2).status_code in (200, 401)
+                response = self.http.get(f"{base}/healthcheck", timeout=LOOPBACK_TIMEOUT_SECONDS)
+                return response.status_code in (200, 401)
             except requests.RequestException:
                 return False
 
@@ -583,7 +589,9 @@ class Cluster:
 
     def published(self, after: int = 0) -> list[Publish]:
         response = self.http.get(
-            f"{self.simulator.base_url}/sim/published", params={"after": after}, timeout=10
+            f"{self.simulator.base_url}/sim/published",
+            params={"after": after},
+            timeout=LOOPBACK_TIMEOUT_SECONDS,
         )
         response.raise_for_status()
         return [
@@ -592,30 +600,45 @@ class Cluster:
         ]
 
     def control(self, body: Mapping[str, Any]) -> None:
-        response = self.http.post(f"{self.simulator.base_url}/sim/control", json=body, timeout=10)
+        response = self.http.post(
+            f"{self.simulator.base_url}/sim/control", json=body, timeout=LOOPBACK_TIMEOUT_SECONDS
+        )
         response.raise_for_status()
 
-    def cycle_events(self, since: float) -> list[dict[str, Any]]:
-        """The cycle events (one per finished cycle) whose cycle started at ``since`` or later."""
+    def cycle_events(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """The cycle events (one per finished cycle) whose cycle started at ``since`` or later.
+
+        Each carries its cycle's timeline in Unix seconds (``started_at``: the tick;
+        ``shards_started_at`` / ``shards_finished_at``: the first shard began, the last one
+        finished, so every shard's Stat Server fetch lies between them) and
+        ``shards_unanswered``, the shards no Stat Server gateway answered.
+        """
         out = []
         for _, fields in self.redis.xrange(f"{KEY_PREFIX}:cycle_events"):
-            event = {k.decode(): v.decode() for k, v in fields.items()}
+            event: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
             event["seq"] = int(event["seq"])
+            event["targets"] = int(event["targets"])
+            event["shards_unanswered"] = int(event.get("shards_unanswered", 0))
+            for name in ("started_at", "shards_started_at", "shards_finished_at"):
+                event[name] = float(event[name])
             event["reasons"] = orjson.loads(event["reasons"])
             event["channels"] = orjson.loads(event["channels"])
-            out.append(event)
-        started = self.cycle_starts([e["seq"] for e in out])
-        return [e for e in out if started.get(e["seq"], 0.0) >= since]
+            if event["started_at"] >= since:
+                out.append(event)
+        return out
 
-    def cycle_starts(self, seqs: list[int]) -> dict[int, float]:
-        if not seqs:
-            return {}
-        with psycopg.connect(self.postgres.dsn, connect_timeout=5) as conn:
-            rows = conn.execute(
-                "SELECT seq, extract(epoch FROM started_at) FROM cycles WHERE seq = ANY(%s)",
-                (seqs,),
-            ).fetchall()
-        return {int(seq): float(at) for seq, at in rows}
+    def wait_for_cycle(
+        self, wanted: Callable[[dict[str, Any]], bool], *, what: str
+    ) -> dict[str, Any]:
+        """The first finished cycle for which ``wanted(event)`` holds, once there is one."""
+        found: list[dict[str, Any]] = []
+
+        def there() -> bool:
+            found[:] = [event for event in self.cycle_events() if wanted(event)]
+            return bool(found)
+
+        _wait(there, timeout=RECOVERY_TIMEOUT_SECONDS, what=what)
+        return found[0]
 
     def worker_lost_count(self) -> int:
         total = 0
@@ -671,7 +694,9 @@ class Cluster:
 
         def rows() -> dict[int, tuple[str, str, int, int, int]]:
             try:
-                with psycopg.connect(self.postgres.dsn, connect_timeout=5) as conn:
+                with psycopg.connect(
+                    self.postgres.dsn, connect_timeout=int(LOOPBACK_TIMEOUT_SECONDS)
+                ) as conn:
                     result = conn.execute(
                         "SELECT c.seq, c.publish_status, c.payload_kind, c.target_count, "
                         "c.changed_count, (SELECT count(*) FROM decisions d WHERE d.seq = c.seq) "
@@ -806,21 +831,27 @@ def fault_sigstop_master(cluster: Cluster, *, outage_seconds: float, **_: Any) -
                 1, after_time=stopped_at, timeout=pause + 30, epoch_above=epoch
             )
         time.sleep(max(0.0, stopped_at + pause - time.time()))
+        # what the stopped node finds when it runs again (it cannot change the lease meanwhile)
+        holder = cluster.leader()
     finally:
         cluster.signal_node(node, signal.SIGCONT)
     resumed_at = time.time()
-    # the old leader runs again: give it several periods to try to publish anything stale
+    # the old leader runs again: watch it for several periods (a duration, not a wait: what is
+    # watched for, a publish of its old epoch, must not happen)
     time.sleep(5 * PERIOD_SECONDS)
     _finish(cluster, result, window_start=window_start, reference=stopped_at, epoch_above=epoch)
-    holder = cluster.leader()
     late_old = [p for p in cluster.published() if p.received_at > resumed_at and p.epoch <= epoch]
     result.deposed_publishes += len(late_old)
     result.details.update(
         stopped=node,
         paused_seconds=round(resumed_at - stopped_at, 1),
         old_epoch=epoch,
-        leader_after=holder,
-        old_node_is_standby=holder is not None and holder[1] != node,
+        leader_at_resume=holder,
+        leader_after=cluster.leader(),
+        # whoever leads later (a busy machine may move the lease again), the node came back to
+        # a lease another node held at a newer epoch: its ticks find it a standby, its old
+        # cycle is fenced
+        old_node_is_standby=holder is not None and holder[1] != node and holder[0] > epoch,
     )
     result.recovered = result.recovered and result.details["old_node_is_standby"]
     return result
@@ -849,7 +880,16 @@ def fault_sigkill_worker_in_shard(cluster: Cluster, **_: Any) -> FaultResult:
                 os.kill(pid, signal.SIGKILL)
                 killed_pids.append(pid)
         kills += 1
-        time.sleep(1.0)  # Celery logs the lost job when it reaps the child
+        # Celery logs a lost job when it reaps the killed child and starts a new one; once the
+        # pool is whole again without such a line, no job was running: kill again
+        _wait(
+            lambda node=node, pool=pool: (
+                cluster.worker_lost_count() > lost_before
+                or _pool_replaced(node.worker.popen.pid, pool)
+            ),
+            timeout=RECOVERY_TIMEOUT_SECONDS,
+            what="the worker to replace its killed pool processes",
+        )
         if cluster.worker_lost_count() > lost_before:
             break
     cluster.control({"latency_ms": 0})
@@ -864,6 +904,12 @@ def fault_sigkill_worker_in_shard(cluster: Cluster, **_: Any) -> FaultResult:
     )
     result.recovered = result.recovered and all(cluster.node_alive(n) for n in cluster.node_names)
     return result
+
+
+def _pool_replaced(worker_pid: int, killed: list[int]) -> bool:
+    """The worker has as many pool processes as before and none of the killed ones."""
+    now = children(worker_pid)
+    return len(now) >= len(killed) and not set(now) & set(killed)
 
 
 def fault_restart_redis(cluster: Cluster, **_: Any) -> FaultResult:
@@ -901,7 +947,12 @@ def fault_restart_redis_data_lost(cluster: Cluster, **_: Any) -> FaultResult:
     cluster.take_queue_max()
     window_start = time.time()
     last_seq_before = max((p.seq for p in cluster.published()), default=0)
+    # the audit records that can go with the data: those staged and not yet written now, and
+    # those of the cycles that publish before Redis stops
+    read_at = time.time()
+    staged = int(cluster.redis.zcard(Keys(KEY_PREFIX).audit_pending))
     cluster.redis_server.stop()
+    published_before_stop = [p for p in cluster.published() if p.received_at > read_at]
     for path in cluster.redis_server.dir.iterdir():
         if path.is_dir():
             shutil.rmtree(path)
@@ -913,6 +964,7 @@ def fault_restart_redis_data_lost(cluster: Cluster, **_: Any) -> FaultResult:
     after = [p for p in cluster.published() if p.received_at > restarted_at]
     result.details.update(
         last_seq_before=last_seq_before,
+        audit_at_risk=staged + len(published_before_stop),
         first_seq_after=after[0].seq if after else None,
         first_kind_after=after[0].kind if after else None,
         **cluster.nodes_alive(),
@@ -926,45 +978,91 @@ def fault_restart_redis_data_lost(cluster: Cluster, **_: Any) -> FaultResult:
     return result
 
 
+def _shards_per_cycle(cluster: Cluster) -> int:
+    return -(-cluster.target_count // SHARD_SIZE)
+
+
+def _stale(event: Mapping[str, Any]) -> int:
+    return int(event["reasons"].get("stale", 0))
+
+
 def fault_stat_primary_down(cluster: Cluster, *, outage_seconds: float, **_: Any) -> FaultResult:
-    """The Stat Server primary resets every connection; the backup must serve in the same cycle."""
+    """The Stat Server primary resets every connection; the backup must serve in the same cycle.
+
+    What the design guarantees: a shard a gateway answers is paced on that answer, so no cycle
+    whose shards were all answered carries a stale row. (A shard neither gateway answers in time,
+    as a busy machine may make the backup, keeps its last good statistics.)
+    """
     result = FaultResult("stat_primary_down", measured_from="fault")
     cluster.take_queue_max()
     window_start = time.time()
     cluster.control({"stat_server": {"primary": "down"}})
+    down_at = time.time()
     time.sleep(outage_seconds)
     cluster.control({"stat_server": {"primary": "up"}})
     _finish(cluster, result, window_start=window_start, reference=window_start)
-    events = cluster.cycle_events(window_start)
-    stale = [e["seq"] for e in events if e["reasons"].get("stale", 0) > 0]
-    result.details.update(cycles=len(events), cycles_with_stale_rows=len(stale))
-    result.recovered = result.recovered and not stale and len(events) > 0
+    # the cycles whose every fetch found the primary down
+    during = [e for e in cluster.cycle_events(window_start) if e["shards_started_at"] >= down_at]
+    answered = [e for e in during if e["shards_unanswered"] == 0]
+    stale = [e["seq"] for e in answered if _stale(e) > 0]
+    result.details.update(
+        cycles=len(during), cycles_answered=len(answered), cycles_with_stale_rows=len(stale)
+    )
+    result.recovered = result.recovered and not stale and len(answered) > 0
     return result
 
 
 def fault_stat_both_down(cluster: Cluster, *, outage_seconds: float, **_: Any) -> FaultResult:
-    """Both Stat Servers down: last good statistics until stats_max_age, then budget 0 / stale."""
+    """Both Stat Servers down: last good statistics until stats_max_age, then budget 0 / stale;
+    after the heal, the first cycle whose shards the gateways answer carries no stale rows.
+
+    Cycles are placed against the events that decide their rows, the moments their shards
+    fetched (not their ticks): every fetch that starts after the fault is applied fails, every
+    one that ends before the heal is sent failed, and every one that starts after the heal is
+    applied is answered unless both gateways miss the client's timeouts. Each target's last good
+    statistics are at least as young as the first shard of the last fully answered cycle before
+    the fault (``fresh_since``).
+    """
     result = FaultResult("stat_both_down", measured_from="restore")
     cluster.take_queue_max()
     max_age = cluster.settings.stats_max_age
     outage = max(outage_seconds, max_age + 6 * PERIOD_SECONDS)
+    shards = _shards_per_cycle(cluster)
     window_start = time.time()
+    fresh = cluster.wait_for_cycle(
+        lambda e: e["shards_started_at"] >= window_start and e["shards_unanswered"] == 0,
+        what="a cycle whose every shard a Stat Server answered",
+    )
+    fresh_since = fresh["shards_started_at"]
     cluster.control({"stat_server": {"primary": "down", "backup": "down"}})
-    time.sleep(outage)
+    down_at = time.time()
+    time.sleep(outage)  # the outage's length: a duration of the scenario, not a wait
+    heal_sent_at = time.time()
     cluster.control({"stat_server": {"primary": "up", "backup": "up"}})
-    restored_at = time.time()
-    _finish(cluster, result, window_start=window_start, reference=restored_at)
-    # the history's decision rows tell which targets were stale (budget 0) in which cycle
-    events = cluster.cycle_events(window_start)
-    starts = cluster.cycle_starts([e["seq"] for e in events])
-    during = [e for e in events if starts[e["seq"]] < restored_at - PERIOD_SECONDS]
-    all_stale = [e for e in during if e["reasons"].get("stale", 0) == int(e["targets"])]
+    up_at = time.time()
+    _finish(cluster, result, window_start=window_start, reference=up_at)
+    first_healed = cluster.wait_for_cycle(
+        lambda e: e["shards_started_at"] >= up_at and e["shards_unanswered"] == 0,
+        what="a cycle after the heal whose every shard a Stat Server answered",
+    )
+    events = [e for e in cluster.cycle_events(window_start) if e["shards_started_at"] > 0]
+    # every fetch of these cycles began after the fault and ended before the heal was sent
+    during = [
+        e
+        for e in events
+        if e["shards_started_at"] >= down_at and e["shards_finished_at"] < heal_sent_at
+    ]
+    # … on statistics at most stats_max_age old: each target keeps its last good ones
+    early = [e for e in during if e["shards_finished_at"] <= fresh_since + max_age]
+    # … more than stats_max_age after the last answer (which came before the fault)
+    late = [e for e in during if e["shards_started_at"] > down_at + max_age]
+    all_stale = [e for e in during if _stale(e) == e["targets"]]
     zero_budget = all(
         sum(c["proactive_budget"] for c in e["channels"].values()) == 0 for e in all_stale
     )
-    first_all_stale = min((starts[e["seq"]] - window_start for e in all_stale), default=None)
-    late = [e for e in during if starts[e["seq"]] > window_start + max_age + 2 * PERIOD_SECONDS]
-    healed = cluster.cycle_events(restored_at + 2 * PERIOD_SECONDS)
+    first_all_stale = min((e["shards_started_at"] - down_at for e in all_stale), default=None)
+    # after the heal: stale rows only from shards no gateway answered
+    healed = [e for e in events if e["shards_started_at"] >= up_at]
     result.details.update(
         outage_seconds=outage,
         stats_max_age=max_age,
@@ -972,15 +1070,14 @@ def fault_stat_both_down(cluster: Cluster, *, outage_seconds: float, **_: Any) -
         first_all_stale_after_seconds=None
         if first_all_stale is None
         else round(first_all_stale, 2),
-        early_cycles_kept_statistics=[
-            e["reasons"].get("stale", 0) == 0
-            for e in during
-            if starts[e["seq"]] < window_start + max_age - 2 * PERIOD_SECONDS
-        ],
-        late_cycles_all_stale=all(e in all_stale for e in late) and bool(late),
+        early_cycles_kept_statistics=[_stale(e) == 0 for e in early],
+        unanswered_during=all(e["shards_unanswered"] == shards for e in during),
+        late_cycles_all_stale=bool(late) and all(e in all_stale for e in late),
         stale_budget_zero=zero_budget,
-        healed_without_stale=bool(healed)
-        and all(e["reasons"].get("stale", 0) == 0 for e in healed),
+        healed_cycles=len(healed),
+        first_healed_seq=first_healed["seq"],
+        healed_without_stale=_stale(first_healed) == 0
+        and all(_stale(e) == 0 for e in healed if e["shards_unanswered"] == 0),
     )
     result.recovered = (
         result.recovered
@@ -991,10 +1088,30 @@ def fault_stat_both_down(cluster: Cluster, *, outage_seconds: float, **_: Any) -
     return result
 
 
+def _period_messages(cluster: Cluster) -> int:
+    """The most messages one period sends: a refresh per node, the shards, the chord body, the
+    audit and a presolve."""
+    return len(cluster.node_names) + _shards_per_cycle(cluster) + 3
+
+
+def _queue_drains(cluster: Cluster) -> bool:
+    """True once the broker queue holds no more than one period's messages."""
+    try:
+        _wait(
+            lambda: int(cluster.redis.llen(QUEUE)) <= _period_messages(cluster),
+            timeout=RECOVERY_TIMEOUT_SECONDS,
+            what="the broker queue to drain",
+        )
+    except TimeoutError:
+        return False
+    return True
+
+
 def _engagement_fault(mode: str) -> Callable[..., FaultResult]:
     def fault(cluster: Cluster, *, outage_seconds: float, **_: Any) -> FaultResult:
         result = FaultResult(f"engagement_{mode}", measured_from="restore")
         cluster.take_queue_max()
+        queued_before = int(cluster.redis.llen(QUEUE))
         window_start = time.time()
         cluster.control({"engagement": {"mode": mode}})
         time.sleep(outage_seconds)
@@ -1016,7 +1133,13 @@ def _engagement_fault(mode: str) -> Callable[..., FaultResult]:
             ok = ok and result.details["kinds_during"] == ["full"]
         else:
             ok = ok and after[0].kind == "full"
-        result.recovered = result.recovered and ok
+        # no pile-up: the queue never held more than the beats and cycles could send in the
+        # window (nothing is sent again and again), and once the endpoint is healthy it drains
+        # by itself to what one period sends
+        periods = math.ceil((time.time() - window_start) / PERIOD_SECONDS) + 1
+        result.details["queue_bound"] = queued_before + periods * _period_messages(cluster)
+        result.details["queue_drained"] = _queue_drains(cluster)
+        result.recovered = result.recovered and ok and result.details["queue_drained"]
         return result
 
     fault.__doc__ = f"The engagement endpoint in mode {mode!r} for the outage, then healthy."
@@ -1080,7 +1203,9 @@ def _current_leader(cluster: Cluster) -> tuple[int, str]:
 
 
 def _statuses(cluster: Cluster, since: float) -> dict[str, int]:
-    with psycopg.connect(cluster.postgres.dsn, connect_timeout=5) as conn:
+    with psycopg.connect(
+        cluster.postgres.dsn, connect_timeout=int(LOOPBACK_TIMEOUT_SECONDS)
+    ) as conn:
         rows = conn.execute(
             "SELECT publish_status, count(*) FROM cycles "
             "WHERE started_at >= to_timestamp(%s) GROUP BY publish_status",

@@ -22,8 +22,15 @@ from pacing.engagement import PUBLISH_PATH
 from pacing.services import Services
 from pacing.settings import load_settings
 from pacing.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.http_stub import HttpStub, RecordedRequest, StubResponse, json_response
-from tests.support import leased_redis_db, redis_url
+from tests.http_stub import (
+    GIVE_UP_SECONDS,
+    NEVER_ANSWERS,
+    HttpStub,
+    RecordedRequest,
+    StubResponse,
+    json_response,
+)
+from tests.support import LOOPBACK_NODE_SETTINGS, leased_redis_db, redis_url
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +72,8 @@ def stub() -> Iterator[HttpStub]:
         yield running
 
 
-@pytest.fixture
-def services(
-    redis_db: int, simulator: RunningSimulator, stub: HttpStub, clock: Clock
-) -> Iterator[Services]:
-    settings = load_settings(
+def node_settings(redis_db: int, simulator: RunningSimulator, stub: HttpStub, **values: Any) -> Any:
+    return load_settings(
         {
             "environment": "development",
             "node_name": "node-a",
@@ -79,15 +83,42 @@ def services(
             "stat_server_backup_url": simulator.stat_server_backup_url,
             "engagement_url": stub.url,
             "engagement_token": "t",
-            "refresh_period_seconds": 1.0,  # stats_max_age 3 s, deadline 2 s, lease 3 s
+            **LOOPBACK_NODE_SETTINGS,
+            "cycle_deadline_seconds": LOOPBACK_NODE_SETTINGS["refresh_period_seconds"],  # the least
+            "stats_max_age_seconds": 3.0,  # on the hand-moved clock
             "full_snapshot_every": 100,
+            **values,
         }
     )
-    built = Services(settings, clock=clock)
+
+
+@pytest.fixture
+def services(
+    redis_db: int, simulator: RunningSimulator, stub: HttpStub, clock: Clock
+) -> Iterator[Services]:
+    built = Services(node_settings(redis_db, simulator, stub), clock=clock)
     try:
         yield built
     finally:
         built.close()
+
+
+def start_cycle(services: Services, clock: Clock, *, new_leader: bool | None = None) -> Any:
+    """Take (or renew) node-a's lease and start a one-shard cycle, as ``pacing.refresh`` does;
+    ``new_leader`` overrides what the tick found."""
+    outcome = services.leadership.tick(
+        node="node-a",
+        lease_ttl_seconds=services.settings.lease_ttl,
+        deadline_seconds=services.settings.cycle_deadline,
+    )
+    return pipeline.CycleContext(
+        seq=outcome.seq,
+        epoch=outcome.epoch,
+        node="node-a",
+        started_at=clock(),
+        shard_count=1,
+        new_leader=outcome.new_leader if new_leader is None else new_leader,
+    )
 
 
 def targets(simulator: RunningSimulator) -> list[TargetConfig]:
@@ -113,6 +144,7 @@ def test_both_stat_servers_down_keeps_the_last_statistics_until_they_are_too_old
     configs = targets(simulator)
     first = pace(services, configs, seq=1)
     assert int(Reason.STALE) not in first.reason
+    assert first.answered
     simulator.app.faults.stat_server.update(primary="down", backup="down")
 
     # when: the next cycle runs while the statistics are younger than stats_max_age
@@ -120,6 +152,7 @@ def test_both_stat_servers_down_keeps_the_last_statistics_until_they_are_too_old
     within = pace(services, configs, seq=2)
 
     # then: nobody is stale yet; the inputs are the last good ones
+    assert not within.answered
     assert int(Reason.STALE) not in within.reason
     assert within.ready == first.ready
 
@@ -136,7 +169,8 @@ def test_both_stat_servers_down_keeps_the_last_statistics_until_they_are_too_old
     clock.now += 1.0
     healed = pace(services, configs, seq=4)
 
-    # then: pacing resumes by itself
+    # then: the very next shard asks again and is paced on the answer
+    assert healed.answered
     assert int(Reason.STALE) not in healed.reason
 
 
@@ -178,19 +212,7 @@ def test_after_a_failed_publish_the_next_publish_is_a_full_snapshot(
 ) -> None:
     # given: one acknowledged full snapshot
     def cycle(budget: int) -> Any:
-        outcome = services.leadership.tick(
-            node="node-a",
-            lease_ttl_seconds=services.settings.lease_ttl,
-            deadline_seconds=services.settings.cycle_deadline,
-        )
-        context = pipeline.CycleContext(
-            seq=outcome.seq,
-            epoch=outcome.epoch,
-            node="node-a",
-            started_at=clock(),
-            shard_count=1,
-            new_leader=outcome.new_leader,
-        )
+        context = start_cycle(services, clock)
         rows = dataclasses.replace(
             pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"], ["b", "chat"]]),
             budget=[budget, 0],
@@ -235,19 +257,7 @@ def test_a_receiver_ahead_of_the_seq_counter_makes_the_counter_jump_past_it(
         PUBLISH_PATH,
         json_response({"error": "stale_seq", "last_seq": 500}, status=409),
     )
-    outcome = services.leadership.tick(
-        node="node-a",
-        lease_ttl_seconds=services.settings.lease_ttl,
-        deadline_seconds=services.settings.cycle_deadline,
-    )
-    context = pipeline.CycleContext(
-        seq=outcome.seq,
-        epoch=outcome.epoch,
-        node="node-a",
-        started_at=clock(),
-        shard_count=1,
-        new_leader=True,
-    )
+    context = start_cycle(services, clock, new_leader=True)
     rows = pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
 
     # when
@@ -279,19 +289,7 @@ def test_a_publish_retry_stops_once_another_node_took_the_lease(
     services: Services, stub: HttpStub, clock: Clock
 ) -> None:
     # given: a cycle that claimed the fence, and a receiver answering 503
-    outcome = services.leadership.tick(
-        node="node-a",
-        lease_ttl_seconds=services.settings.lease_ttl,
-        deadline_seconds=services.settings.cycle_deadline,
-    )
-    context = pipeline.CycleContext(
-        seq=outcome.seq,
-        epoch=outcome.epoch,
-        node="node-a",
-        started_at=clock(),
-        shard_count=1,
-        new_leader=True,
-    )
+    context = start_cycle(services, clock, new_leader=True)
     stub.on("POST", PUBLISH_PATH, StubResponse(status=503))
 
     def sleep_while_node_a_is_deposed(seconds: float) -> None:
@@ -318,33 +316,34 @@ def test_a_publish_retry_stops_once_another_node_took_the_lease(
 
 
 def test_a_publish_left_unanswered_is_kept_in_the_history_as_in_doubt(
-    services: Services, stub: HttpStub, clock: Clock
+    redis_db: int, simulator: RunningSimulator, stub: HttpStub, clock: Clock
 ) -> None:
-    # given: a receiver that takes the request but answers after the read timeout (it may
-    # well apply it: a slow platform), and a cycle that publishes to it
-    stub.on("POST", PUBLISH_PATH, StubResponse(status=503, delay_seconds=2.0))
-    outcome = services.leadership.tick(
-        node="node-a",
-        lease_ttl_seconds=services.settings.lease_ttl,
-        deadline_seconds=services.settings.cycle_deadline,
+    # given: a receiver that takes the request and never answers (it may well apply it: a
+    # slow platform), and a node that gives up on it after a short read timeout
+    stub.on("POST", PUBLISH_PATH, NEVER_ANSWERS)
+    settings = node_settings(
+        redis_db,
+        simulator,
+        stub,
+        refresh_period_seconds=1.0,
+        cycle_deadline_seconds=2.0,
+        http_connect_timeout_seconds=0.5,  # the stub's port accepts at once: never waited for
+        http_read_timeout_seconds=GIVE_UP_SECONDS,
     )
-    context = pipeline.CycleContext(
-        seq=outcome.seq,
-        epoch=outcome.epoch,
-        node="node-a",
-        started_at=clock(),
-        shard_count=1,
-        new_leader=True,
-    )
-    rows = pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
+    services = Services(settings, clock=clock)
+    try:
+        context = start_cycle(services, clock, new_leader=True)
+        rows = pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
 
-    def sleep(seconds: float) -> None:
-        clock.now += 1.0
+        def sleep(seconds: float) -> None:
+            clock.now += 1.0
 
-    # when
-    record = pipeline.publish_cycle(services, [rows.to_json()], context, sleep=sleep)
+        # when
+        record = pipeline.publish_cycle(services, [rows.to_json()], context, sleep=sleep)
 
-    # then: the history keeps what the receiver may hold, and the next publish is full
-    assert record.publish_status == "in_doubt"
-    assert [d.target_id for d in record.decisions] == ["a"]
-    assert services.redis.exists(services.keys.force_full)
+        # then: the history keeps what the receiver may hold, and the next publish is full
+        assert record.publish_status == "in_doubt"
+        assert [d.target_id for d in record.decisions] == ["a"]
+        assert services.redis.exists(services.keys.force_full)
+    finally:
+        services.close()

@@ -96,8 +96,8 @@ def test_a_redis_that_lost_its_data_is_survived_and_seq_jumps_past_the_receiver(
     assert result.deposed_publishes == 0
     assert result.audit_duplicated == 0
     # Audit records waiting in Redis at that instant go with it (docs/security.md: run Redis
-    # with persistence); at most the one or two cycles in flight.
-    assert result.audit_lost <= 2, result
+    # with persistence): at most those staged and not yet written when Redis stopped.
+    assert result.audit_lost <= details["audit_at_risk"], result
     assert result.next_publish_seconds is not None
     assert result.next_publish_seconds < GENEROUS_SECONDS
 
@@ -105,8 +105,8 @@ def test_a_redis_that_lost_its_data_is_survived_and_seq_jumps_past_the_receiver(
 def test_the_backup_stat_server_serves_while_the_primary_is_down(cluster: Cluster) -> None:
     result = inject(cluster, "stat_primary_down")
 
-    assert result.details["cycles"] > 0
-    assert result.details["cycles_with_stale_rows"] == 0
+    assert result.details["cycles_answered"] > 0, result.details
+    assert result.details["cycles_with_stale_rows"] == 0, result.details
     assert result.recovered
 
 
@@ -117,6 +117,7 @@ def test_both_stat_servers_down_pace_on_old_statistics_then_budget_zero(
 
     details = result.details
     assert all(details["early_cycles_kept_statistics"]), details
+    assert details["unanswered_during"], details
     assert details["late_cycles_all_stale"], details
     assert details["stale_budget_zero"], details
     assert details["healed_without_stale"], details
@@ -129,8 +130,10 @@ def test_engagement_faults_cause_no_crash_no_pile_up_and_end_in_a_full_snapshot(
     result = inject(cluster, f"engagement_{mode}")
 
     assert result.details["nodes_alive"], result.details
-    # ticks and shards expire: the queue never holds more than a few periods of work
-    assert result.max_queue_length < 50, result
+    # ticks and shards expire: the queue holds at most what was sent in the window, and once
+    # the endpoint is back it drains by itself
+    assert result.max_queue_length <= result.details["queue_bound"], result
+    assert result.details["queue_drained"], result
     if mode == "reject_delta":
         assert result.details["kinds_during"] == ["full"], result.details
     else:

@@ -107,6 +107,20 @@ def raw_answers(draw: st.DrawFn, bodies: st.SearchStrategy[object]) -> StubRespo
     return StubResponse(status=status, body=body, headers=headers)
 
 
+class MovedClock:
+    """Unix time that moves only when the publish retries sleep on it: a publish failing until
+    its deadline retries without waiting in real time."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class Scripted:
     def __init__(self) -> None:
         self.answer = StubResponse(status=500)
@@ -125,7 +139,12 @@ def stub() -> Iterator[tuple[HttpStub, Scripted]]:
 
 
 @pytest.fixture(scope="module")
-def services(stub: tuple[HttpStub, Scripted]) -> Iterator[Services]:
+def clock() -> MovedClock:
+    return MovedClock()
+
+
+@pytest.fixture(scope="module")
+def services(stub: tuple[HttpStub, Scripted], clock: MovedClock) -> Iterator[Services]:
     server, _ = stub
     with leased_redis_db() as db:
         built = Services(
@@ -140,7 +159,8 @@ def services(stub: tuple[HttpStub, Scripted]) -> Iterator[Services]:
                     "engagement_token": "fuzz-token",
                     "refresh_period_seconds": 0.5,  # short deadlines keep failed publishes quick
                 }
-            )
+            ),
+            clock=clock,
         )
         try:
             yield built
@@ -175,7 +195,7 @@ def test_a_shard_answers_every_target_whatever_the_stat_server_sends(
     )
 )
 def test_a_publish_ends_in_a_recorded_status_whatever_the_receiver_sends(
-    services: Services, stub: tuple[HttpStub, Scripted], answer: StubResponse
+    services: Services, stub: tuple[HttpStub, Scripted], clock: MovedClock, answer: StubResponse
 ) -> None:
     stub[1].answer = answer
     outcome = services.leadership.tick(
@@ -193,7 +213,7 @@ def test_a_publish_ends_in_a_recorded_status_whatever_the_receiver_sends(
         seq=context.seq, shard=0, rows=pipeline.split_into_shards(CONFIGS, len(CONFIGS))[0]
     )
 
-    record: Any = pipeline.publish_cycle(services, [rows.to_json()], context)
+    record: Any = pipeline.publish_cycle(services, [rows.to_json()], context, sleep=clock.sleep)
 
     assert record.seq == context.seq
     assert record.publish_status in FINAL_STATUSES

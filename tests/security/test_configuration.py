@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from pacing.cli import main
 from pacing.history import repository
 from pacing.settings import load_settings
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -192,11 +193,16 @@ def test_the_metrics_exporter_answers_only_with_its_credentials(tmp_path: Path) 
         wait_for(healthy, timeout=60, interval=0.5, message="the exporter did not start")
 
         # then
-        assert requests.get(f"{base}/metrics", timeout=10).status_code == 401
+        assert requests.get(f"{base}/metrics", timeout=LOOPBACK_TIMEOUT_SECONDS).status_code == 401
         assert (
-            requests.get(f"{base}/metrics", auth=("prom", "wrong"), timeout=10).status_code == 401
+            requests.get(
+                f"{base}/metrics", auth=("prom", "wrong"), timeout=LOOPBACK_TIMEOUT_SECONDS
+            ).status_code
+            == 401
         )
-        answer = requests.get(f"{base}/metrics", auth=("prom", SECRET), timeout=10)
+        answer = requests.get(
+            f"{base}/metrics", auth=("prom", SECRET), timeout=LOOPBACK_TIMEOUT_SECONDS
+        )
         assert answer.status_code == 200
         assert SECRET not in answer.text
     finally:

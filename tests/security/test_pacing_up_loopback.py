@@ -17,12 +17,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import free_port, wait_for
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
+from tests.support import free_port, unavailable, wait_for
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from /proc"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _proc_net_tcp() -> None:
+    if not Path("/proc/net/tcp").exists():
+        unavailable("reads the listening sockets from /proc/net/tcp (Linux only)")
+
 
 LISTEN = "0A"
 
@@ -150,7 +155,12 @@ def test_pacing_up_listens_on_loopback_only_and_flower_needs_a_password(
     assert len(ports) >= 3, addresses  # redis-server, simulator, Flower at least
     assert {address for address, _ in addresses} <= {"127.0.0.1", "::1"}, addresses
     # ... and Flower answers nothing without the password pacing up made for this run
-    assert requests.get(f"http://127.0.0.1:{flower_port}/api/tasks", timeout=5).status_code == 401
+    assert (
+        requests.get(
+            f"http://127.0.0.1:{flower_port}/api/tasks", timeout=LOOPBACK_TIMEOUT_SECONDS
+        ).status_code
+        == 401
+    )
 
     # when: Ctrl-C
     process.send_signal(signal.SIGINT)

@@ -24,7 +24,14 @@ import requests
 from click.testing import CliRunner
 
 from pacing.cli import main
-from tests.reliability.harness import Cluster, Secrets, running_cluster
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
+from tests.reliability.harness import (
+    RECOVERY_TIMEOUT_SECONDS,
+    Cluster,
+    Secrets,
+    _wait,
+    running_cluster,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -53,11 +60,13 @@ def outputs(planted: Secrets, tmp_path_factory: pytest.TempPathFactory) -> dict[
         flower = cluster.start_flower()
         exercise_error_paths(cluster)
         collected["flower_unauthenticated"] = [
-            requests.get(f"{flower}{path}", timeout=10).status_code
+            requests.get(f"{flower}{path}", timeout=LOOPBACK_TIMEOUT_SECONDS).status_code
             for path in ("/", "/api/tasks", "/api/workers")
         ]
         collected["flower"] = requests.get(
-            f"{flower}/api/tasks", auth=("admin", planted.flower_password), timeout=30
+            f"{flower}/api/tasks",
+            auth=("admin", planted.flower_password),
+            timeout=LOOPBACK_TIMEOUT_SECONDS,
         ).text
         collected["redis"] = dump_redis(cluster.redis)
         collected["history"] = dump_postgres(cluster.postgres.dsn)
@@ -71,19 +80,38 @@ def outputs(planted: Secrets, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 def exercise_error_paths(cluster: Cluster) -> None:
-    steps: list[dict[str, Any]] = [
-        {"engagement": {"mode": "error_500"}},
-        {"oauth": {"revoke": True}, "engagement": {"mode": "ok"}},
-        {"stat_server": {"primary": "down", "backup": "down"}},
-        {"clear": True},
-    ]
-    for step in steps:
-        cluster.control(step)
-        time.sleep(3)
+    """Each fault until the cluster has gone through its error path (not for a fixed time)."""
+    started = time.time()
+    cluster.control({"engagement": {"mode": "error_500"}})
+    cluster.wait_for_cycle(
+        lambda e: e["started_at"] >= started and e["status"] == "failed",
+        what="a publish failed against the engagement platform's 500s",
+    )
+    revoked = time.time()
+    cluster.control({"oauth": {"revoke": True}, "engagement": {"mode": "ok"}})
+    # a publish gets through only with a token fetched after the revocation (the 401 path)
+    cluster.wait_for_publishes(1, after_time=revoked, timeout=RECOVERY_TIMEOUT_SECONDS)
+    down = time.time()
+    cluster.control({"stat_server": {"primary": "down", "backup": "down"}})
+    cluster.wait_for_cycle(
+        lambda e: e["shards_started_at"] >= down and e["shards_unanswered"] > 0,
+        what="a shard no Stat Server answered",
+    )
+    cluster.control({"clear": True})
+    logged = {p.name: p.log_path.stat().st_size for p in cluster.stack.processes}
     cluster.postgres.stop()
-    time.sleep(3)
-    cluster.postgres.start()
-    cluster.wait_for_publishes(3, after_time=time.time(), timeout=120)
+    try:
+        _wait(
+            lambda: any(
+                b"HistoryUnavailable" in p.log_path.read_bytes()[logged.get(p.name, 0) :]
+                for p in cluster.stack.processes
+            ),
+            timeout=RECOVERY_TIMEOUT_SECONDS,
+            what="an audit failing against the stopped database",
+        )
+    finally:
+        cluster.postgres.start()
+    cluster.wait_for_publishes(3, after_time=time.time(), timeout=RECOVERY_TIMEOUT_SECONDS)
 
 
 def dump_redis(client: redis.Redis) -> str:

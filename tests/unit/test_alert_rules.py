@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import unavailable
+
 RULES_DIR = Path(__file__).resolve().parents[2] / "docs" / "prometheus"
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is missing; apt-get install prometheus"
-)
+
+
+@pytest.fixture
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        unavailable("promtool is missing; `apt-get install prometheus` (.ci/run does)")
+    return found
 
 
 def rules() -> list[dict[str, object]]:
@@ -32,11 +38,10 @@ def test_every_alert_has_a_severity_and_a_section_in_the_guide() -> None:
         assert f"### {rule['alert']}" in guide, f"{rule['alert']} is not explained"
 
 
-@needs_promtool
-def test_promtool_accepts_the_rules() -> None:
+def test_promtool_accepts_the_rules(promtool: str) -> None:
     # given / when
     result = subprocess.run(
-        [str(PROMTOOL), "check", "rules", "pacing-rules.yaml"],
+        [promtool, "check", "rules", "pacing-rules.yaml"],
         cwd=RULES_DIR,
         capture_output=True,
         text=True,
@@ -47,11 +52,10 @@ def test_promtool_accepts_the_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
-def test_the_rules_fire_when_they_should() -> None:
+def test_the_rules_fire_when_they_should(promtool: str) -> None:
     # given / when
     result = subprocess.run(
-        [str(PROMTOOL), "test", "rules", "pacing-rules.test.yaml"],
+        [promtool, "test", "rules", "pacing-rules.test.yaml"],
         cwd=RULES_DIR,
         capture_output=True,
         text=True,

@@ -37,6 +37,7 @@ def shard(
     seq: int = SEQ,
     fetch_ms: float = 1.0,
     pace_ms: float = 2.0,
+    answered: bool = True,
 ) -> dict[str, Any]:
     """A shard result as ``pacing.pace_shard`` returns it: (id, channel, budget, reactive,
     reason, ready) per target."""
@@ -53,6 +54,7 @@ def shard(
         waiting=[None if t[5] is None else 1 for t in targets],
         fetch_ms=fetch_ms,
         pace_ms=pace_ms,
+        answered=answered,
     ).to_json()
 
 
@@ -74,7 +76,7 @@ def test_merge_orders_targets_by_shard_whatever_the_arrival_order() -> None:
     # given shards arriving out of order
     results = [
         shard(2, SHARD_2, fetch_ms=9.0),
-        shard(0, SHARD_0, pace_ms=7.0),
+        shard(0, SHARD_0, pace_ms=7.0, answered=False),
         shard(1, SHARD_1),
     ]
 
@@ -93,6 +95,7 @@ def test_merge_orders_targets_by_shard_whatever_the_arrival_order() -> None:
     assert merged.fetch_ms == 9.0  # the slowest shard is the critical path
     assert merged.pace_ms == 7.0
     assert merged.error_count == 1  # "b" is stale
+    assert merged.shards_unanswered == 1  # shard 0 was paced without a Stat Server answer
 
 
 def test_merge_drops_a_duplicate_delivery_of_a_shard() -> None:
@@ -440,6 +443,9 @@ def test_shard_rows_survive_a_json_round_trip() -> None:
     # then
     assert restored.to_json() == raw
     assert restored.ids == ["a", "b"]
+    assert restored.answered
+    del raw["answered"]  # rows parked by a release that did not record it
+    assert ShardRows.from_json(raw).answered
     assert restored.ready == [3, None]
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 ENTRYPOINTS = DOCKER / "entrypoints"
@@ -40,7 +42,9 @@ HOST_ONLY_OPTIONS = {"--basic-auth"}
 def compose_config(**variables: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.skip("docker-compose is not installed; `apt-get install docker-compose` (.ci/run)")
+        unavailable(
+            "docker-compose is not installed; `apt-get install docker-compose` (.ci/run does)"
+        )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PACING_", "FLOWER_"))}
     return subprocess.run(
         [binary, "-f", str(COMPOSE_FILE), "config"],

@@ -26,7 +26,7 @@ from pacing.engagement import (
 )
 from pacing.errors import InvalidResponse, PacingError, StatServerUnavailable
 from pacing.stat_server import QUERY_PATH, StatServerClient, parse_statistics_response
-from tests.http_stub import HttpStub, RecordedRequest, StubResponse
+from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS, HttpStub, RecordedRequest, StubResponse
 
 NOW = 1_795_000_000.0
 MAX_AGE = 6.0
@@ -256,8 +256,8 @@ def test_stat_server_client_gives_targets_or_unavailable(
         primary_url=stub.url,
         backup_url=stub.url,
         session=session,
-        connect_timeout=1.0,
-        read_timeout=1.0,
+        connect_timeout=LOOPBACK_TIMEOUT_SECONDS,
+        read_timeout=LOOPBACK_TIMEOUT_SECONDS,
         max_age_seconds=MAX_AGE,
         max_body_bytes=4096,
         clock=lambda: NOW,
@@ -286,8 +286,8 @@ def test_engagement_client_gives_an_ack_or_a_pacing_error(
         engagement_url=stub.url,
         auth=BearerToken("fuzz-token"),
         session=session,
-        connect_timeout=1.0,
-        read_timeout=1.0,
+        connect_timeout=LOOPBACK_TIMEOUT_SECONDS,
+        read_timeout=LOOPBACK_TIMEOUT_SECONDS,
         max_response_bytes=4096,
     )
 
@@ -314,16 +314,16 @@ def test_deeply_nested_body_through_http_is_a_clean_error(
         primary_url=stub.url,
         backup_url=None,
         session=session,
-        connect_timeout=1.0,
-        read_timeout=1.0,
+        connect_timeout=LOOPBACK_TIMEOUT_SECONDS,
+        read_timeout=LOOPBACK_TIMEOUT_SECONDS,
         max_age_seconds=MAX_AGE,
     )
     publisher = EngagementClient(
         engagement_url=stub.url,
         auth=BearerToken("fuzz-token"),
         session=session,
-        connect_timeout=1.0,
-        read_timeout=1.0,
+        connect_timeout=LOOPBACK_TIMEOUT_SECONDS,
+        read_timeout=LOOPBACK_TIMEOUT_SECONDS,
     )
 
     # when / then

@@ -479,12 +479,13 @@ def test_ten_thousand_targets_keep_up_with_a_two_second_refresh() -> None:
         refresh_period_seconds=PERIOD,
     )
     clock.tick(PERIOD)
-    started = time.perf_counter()
+    started = time.thread_time()
     steps = world.advance()
-    elapsed = time.perf_counter() - started
-    # then: measured at ~30 ms; the bound leaves room for a busy CI machine
+    work = time.thread_time() - started
+    # then: ~30 ms of this thread's CPU (measured). CPU time, not elapsed time: other processes
+    # on a busy machine delay the thread but do not add to its work
     assert steps == 20
-    assert elapsed < PERIOD / 4
+    assert work < PERIOD / 4
 
 
 def test_feedback_after_a_delta_lists_only_the_counters_that_moved() -> None:
