@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import ssl
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from celery.signals import (
 from pacing.logs import bind_log_context, clear_log_context, configure_logging
 from pacing.runtime import settle_heap
 from pacing.settings import Settings, load_settings
+from tasks import patches
 
 HISTORY_PURGE_PERIOD = timedelta(days=1)
 RESULT_EXPIRES_SECONDS = 600  # chord results are read within one cycle; keep Redis small
@@ -100,44 +100,7 @@ def _verified_tls(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _closed_channels_raise_connection_errors() -> None:
-    """Keep a worker alive through the restores and acks that follow a broker connection loss.
-
-    On a connection error Celery 5.7's consumer collects the broker connection, which detaches its
-    transport, then closes it (celery/celery#10242, the fix of celery/celery#9705). A channel whose
-    first close stopped at its in-flight BRPOP is closed again by that ``close()`` and restores its
-    unacknowledged messages through the detached transport; a task that ends after the loss is
-    acked (or rejected) through the same dead channel. Both build a connection pool in
-    ``Channel._connparams``, where kombu 5.7 raises ``AttributeError`` ('NoneType' object has no
-    attribute 'hostname' / 'client', as in celery/kombu#582) instead of a connection error: neither
-    ``kombu.common.ignore_errors`` (the close) nor ``Message.ack_log_error`` (the ack) catches it,
-    and the worker stops ("Unrecoverable error"). kombu 5.7.0 and celery 5.7.0 are the newest
-    releases; celery 5.6.3 dies earlier, in the cancel of running tasks (celery/celery#10382).
-
-    A connection error is what both callers expect, as kombu already does for a stale KeyError after
-    a broker restart (celery/kombu#2582): the restore is skipped, the ack is logged ("Couldn't
-    ack"), and the message waits in Redis's unacked index for the visibility timeout (by then the
-    cycle's tasks have expired; the history tasks are idempotent).
-    tests/reliability/test_broker_connection_loss.py reproduces both paths.
-    """
-    import redis.exceptions  # noqa: PLC0415 - only for this patch
-    from kombu.transport import redis as kombu_redis  # noqa: PLC0415
-
-    connparams: Any = kombu_redis.Channel._connparams
-    if getattr(connparams, "_pacing_patched", False):
-        return
-
-    @functools.wraps(connparams)
-    def _connparams(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.connection is None or self.connection.client is None:
-            raise redis.exceptions.ConnectionError("the channel's connection was closed")
-        return connparams(self, *args, **kwargs)
-
-    _connparams._pacing_patched = True  # type: ignore[attr-defined]
-    kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
-
-
-_closed_channels_raise_connection_errors()
+patches.apply()  # before any worker connects or forks: see tasks/patches.py
 settings = load_settings()
 app = Celery("pacing")
 app.conf.update(celery_config(settings))

@@ -919,7 +919,7 @@ def fault_restart_redis(cluster: Cluster, **_: Any) -> FaultResult:
     window_start = time.time()
     epoch_before = (cluster.leader() or (0, ""))[0]
     # slow statistics keep shards in flight, so the workers hold unacknowledged messages when
-    # Redis goes away (the case that killed celery 5.7 workers, see tasks/app.py)
+    # Redis goes away (the case that killed celery 5.7 workers, see tasks/patches.py)
     cluster.control({"latency_ms": 400})
     time.sleep(2 * PERIOD_SECONDS)
     cluster.redis_server.stop()
