@@ -1114,20 +1114,29 @@ def _engagement_fault(mode: str) -> Callable[..., FaultResult]:
         queued_before = int(cluster.redis.llen(QUEUE))
         window_start = time.time()
         cluster.control({"engagement": {"mode": mode}})
-        time.sleep(outage_seconds)
+        fault_on = time.time()  # every publish received from here on met the fault
+        time.sleep(outage_seconds)  # the outage's length: a duration of the scenario, not a wait
+        # Taken before the heal is sent: a publish the receiver accepts in the moment between
+        # the heal and its answer is after the outage, not during it (read after the answer,
+        # a full snapshot landing then was counted "during" and the delta that followed it
+        # taken for the first publish after the outage).
+        heal_sent_at = time.time()
         cluster.control({"engagement": {"mode": "ok"}})
-        restored_at = time.time()
-        _finish(cluster, result, window_start=window_start, reference=restored_at)
-        after = [p for p in cluster.published() if p.received_at > restored_at]
-        during = [p for p in cluster.published() if window_start < p.received_at <= restored_at]
+        _finish(cluster, result, window_start=window_start, reference=heal_sent_at)
+        published = cluster.published()
+        after = [p for p in published if p.received_at > heal_sent_at]
+        during = [p for p in published if fault_on < p.received_at <= heal_sent_at]
         result.details.update(
             first_kind_after=after[0].kind if after else None,
             published_during=len(during),
             kinds_during=sorted({p.kind for p in during}),
             **cluster.nodes_alive(),
         )
-        # after an outage the receiver gets a full snapshot; while deltas are refused
-        # (409), the full snapshots that follow each refusal still get through
+        # After an outage the receiver gets a full snapshot: a failed publish makes the next
+        # cycle send one, and a cycle starts only once the previous one has finished or passed
+        # its deadline (where its attempts end), so the first cycle the receiver accepts after
+        # the heal merged after one whose publish had failed.
+        # While deltas are refused (409), the full snapshots that follow each refusal get in.
         ok = result.details["nodes_alive"] and bool(after)
         if mode == "reject_delta":
             ok = ok and result.details["kinds_during"] == ["full"]
