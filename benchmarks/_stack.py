@@ -7,7 +7,7 @@
   settings (and with them the Celery client in this process) stay the same for the whole run;
 * one ``celery worker`` whose prefork pool has W processes, started fresh for every run.
 
-Every subprocess runs in its own process group (:class:`pacing.localstack.LocalStack`, one per
+Every subprocess runs in its own process group (:class:`pacing.cli.localstack.LocalStack`, one per
 role so each can be stopped alone); :meth:`BenchStack.close` stops them all and leaves nothing
 behind, after Ctrl-C or SIGTERM too.
 """
@@ -32,8 +32,7 @@ import requests
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from pacing.keys import Keys
-from pacing.localstack import (
+from pacing.cli.localstack import (
     SIMULATOR_TOKEN,
     LocalStack,
     Process,
@@ -42,6 +41,7 @@ from pacing.localstack import (
     redis_server_binary,
     redis_server_command,
 )
+from pacing.cluster.keys import Keys
 from pacing.settings import ENV_PREFIX, Settings, load_settings
 from tests.reliability.harness import children, free_port
 

@@ -85,9 +85,9 @@ from benchmarks._stack import (
     log_problems,
 )
 from pacing import pipeline
+from pacing.clients.engagement import encode_payload
 from pacing.cycle import MergedCycle, build_payload, channel_sums, effective_shard_size
 from pacing.domain import Reason
-from pacing.engagement import encode_payload
 from pacing.history import repository, synthetic
 from pacing.history.migrate import upgrade_to_head
 from pacing.runtime import settle_heap

@@ -3,7 +3,7 @@
     python benchmarks/live.py [--targets 1000] [--minutes 20] [--nodes 2] [--seed 7]
                               [--wipe-at MINUTE] [--minute-seconds 60] [--json FILE]
 
-It starts what ``pacing up`` starts (``pacing.localstack.start_local_stack``): a redis-server of
+It starts what ``pacing up`` starts (``pacing.cli.localstack.start_local_stack``): a redis-server of
 its own on a free loopback port without persistence (so Redis starts empty), a SQLite history in
 a temporary directory, the simulator with the world ``pacing up`` builds (``--targets``,
 ``--seed``), ``--nodes`` nodes of a ``celery worker`` and a ``celery beat``, Flower and the
@@ -67,13 +67,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks._stac
 
 from benchmarks._stack import code_version, log_problems
 from pacing import quality
+from pacing.cli.localstack import LocalStack, Process, redis_answers, start_local_stack, wait_until
+from pacing.cluster.keys import Keys
+from pacing.cluster.status import cluster_status
 from pacing.domain import Objective
 from pacing.history import repository
-from pacing.keys import Keys
-from pacing.localstack import LocalStack, Process, redis_answers, start_local_stack, wait_until
 from pacing.settings import ENV_PREFIX, Settings, load_settings
 from pacing.simulator import SimulatorConfig
-from pacing.status import cluster_status
 from tests.reliability.harness import free_port, live_members
 
 #: A reading is requested this long after its time, so that the simulator's step (0.1 s) at

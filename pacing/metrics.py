@@ -4,7 +4,7 @@ Celery workers are many processes on many hosts, so no worker serves metrics its
 need prometheus_client's multiprocess mode per host and still miss the cluster-wide figures).
 Instead every cycle appends one event to the ``cycle_events`` stream (:mod:`pacing.pipeline`)
 and one long-running exporter turns the stream into histograms and counters, plus the cluster
-state (:func:`pacing.status.cluster_status`) read at scrape time, so ages are computed when
+state (:func:`pacing.cluster.status.cluster_status`) read at scrape time, so ages are computed when
 Prometheus asks.
 
 Each scrape first reads the stream from the last id it saw (``XREAD``), so nothing runs between
@@ -39,9 +39,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pacing.cluster.keys import Keys
+from pacing.cluster.status import cluster_status
 from pacing.cycle import OUTCOME_FIELDS
-from pacing.keys import Keys
-from pacing.status import cluster_status
 
 __all__ = ["STAGES", "PacingCollector", "basic_auth", "serve_metrics"]
 

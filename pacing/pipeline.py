@@ -24,6 +24,9 @@ from numpy.typing import NDArray
 
 from pacing import algorithms
 from pacing.algorithms import PacingInputs, PacingParameters, PacingTargets
+from pacing.clients.engagement import PublishAck, encode_payload
+from pacing.clients.statistics import COLUMN, StatisticsBatch
+from pacing.cluster.leadership import FenceVerdict, Role, TickOutcome
 from pacing.cycle import (
     REACTIVE_DECIMALS,
     IncompleteCycle,
@@ -41,7 +44,6 @@ from pacing.cycle import (
     split_into_shards,
 )
 from pacing.domain import Objective, Reason, TargetConfig
-from pacing.engagement import PublishAck, encode_payload
 from pacing.errors import (
     DeltaBaseMismatch,
     EngagementRejected,
@@ -57,10 +59,8 @@ from pacing.history.repository import (
     DecisionRow,
     record_cycle,
 )
-from pacing.leadership import FenceVerdict, Role, TickOutcome
 from pacing.services import Services
 from pacing.settings import Settings
-from pacing.statistics import COLUMN, StatisticsBatch
 
 logger = logging.getLogger(__name__)
 

@@ -24,16 +24,16 @@ from requests.adapters import HTTPAdapter
 from sqlalchemy.engine import Engine
 
 from pacing.algorithms import OPERATING_POINTS
+from pacing.clients.engagement import BearerToken, EngagementClient, OAuth2ClientCredentials
+from pacing.clients.stat_server import StatServerClient
+from pacing.cluster.keys import Keys
+from pacing.cluster.leadership import Leadership
+from pacing.cluster.state import SharedOperatingPoints, StateStore
 from pacing.cycle import shard_digest, split_into_shards
 from pacing.domain import Algorithm, Objective, TargetConfig
-from pacing.engagement import BearerToken, EngagementClient, OAuth2ClientCredentials
 from pacing.errors import HistoryUnavailable, ShardTargetsMissing
 from pacing.history import repository
-from pacing.keys import Keys
-from pacing.leadership import Leadership
 from pacing.settings import Settings
-from pacing.stat_server import StatServerClient
-from pacing.state import SharedOperatingPoints, StateStore
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import redis.exceptions
 from celery import Task, chord
 
 from pacing import pipeline
+from pacing.cluster.leadership import Role
 from pacing.errors import HistoryUnavailable, ShardTargetsMissing
 from pacing.history import repository
-from pacing.leadership import Role
 from pacing.logs import bind_log_context
 from pacing.pipeline import CycleContext
 from pacing.services import Services

@@ -78,8 +78,8 @@ def stack_settings() -> Any:
 @pytest.fixture(scope="session")
 def history_ready(stack_settings: Any, simulator: Any) -> str:
     """The run's SQLite history, migrated, holding the simulator's targets."""
+    from pacing.cli.localstack import import_simulator_targets
     from pacing.history.migrate import upgrade_to_head
-    from pacing.localstack import import_simulator_targets
 
     upgrade_to_head(stack_settings.database_url)
     import_simulator_targets(stack_settings, simulator.base_url)

@@ -3,7 +3,7 @@
 One ``celery worker`` and one ``celery beat`` (a node), and ``celery -A tasks flower`` started
 the way an operator starts it, in a directory of its own (no ``flowerconfig.py`` there), with its
 basic auth taken from PACING_FLOWER_BASIC_AUTH only. Each stack has its own Redis database,
-simulator and SQLite history in ``tmp_path``; :class:`~pacing.localstack.LocalStack` stops every
+simulator and SQLite history in ``tmp_path``; :class:`~pacing.cli.localstack.LocalStack` stops every
 process, process groups included, so nothing is left behind.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 
 import requests
 
+from pacing.cli.localstack import LocalStack, import_simulator_targets
 from pacing.history.migrate import upgrade_to_head
-from pacing.localstack import LocalStack, import_simulator_targets
 from pacing.settings import load_settings
 from pacing.simulator import SimulatorConfig, start_simulator
 from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS

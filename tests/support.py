@@ -18,8 +18,8 @@ import pytest
 import redis
 import requests
 
-from pacing.keys import Keys
-from pacing.localstack import LocalStack, Process
+from pacing.cli.localstack import LocalStack, Process
+from pacing.cluster.keys import Keys
 from pacing.settings import Settings, load_settings
 from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 

@@ -38,8 +38,9 @@ class PacingInputs:
     offers_accepted_total: NDArray[np.float64]
     offers_resolved_total: NDArray[np.float64]
     offers_pending: NDArray[np.float64]
-    #: invitations allowed by the publish whose feedback this is, which the receiver sends after
-    #: it counted (pacing.state.LoadedState): pending, for the rules, on top of offers_pending
+    #: invitations allowed by the publish whose feedback this is, which the receiver sends
+    #: after it counted (pacing.cluster.state.LoadedState): pending, for the rules, on top of
+    #: offers_pending
     offers_in_flight: NDArray[np.float64]
     input_reason: NDArray[np.int8]
 

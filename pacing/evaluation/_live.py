@@ -1,7 +1,8 @@
 """The live stack's world in virtual time: what ``pacing up`` runs, without the wall clock.
 
 ``pacing up`` serves :meth:`World.synthetic` (1,000 targets, seed 7) and imports its targets
-with the algorithm an operator would choose (:func:`pacing.localstack.simulator_target_configs`).
+with the algorithm an operator would choose
+(:func:`pacing.cli.localstack.simulator_target_configs`).
 :func:`live_world_snapshots` paces the same world with the service's own cycle
 (:class:`ServiceLoop`) and reads the simulator's per-target metrics — what ``GET
 /sim/metrics?per_target=1`` answers — every simulated minute, so that :mod:`pacing.quality`
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pacing.cli.localstack import simulator_target_configs
 from pacing.evaluation._service_loop import (
     DEFAULT_CYCLE_LATENCY_SECONDS,
     EPOCH,
@@ -23,7 +25,6 @@ from pacing.evaluation._service_loop import (
     VirtualClock,
     private_redis,
 )
-from pacing.localstack import simulator_target_configs
 from pacing.simulator.world import World, generate_targets
 
 __all__ = ["LiveWorldResult", "LiveWorldRun", "live_world_snapshots"]

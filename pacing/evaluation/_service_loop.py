@@ -33,10 +33,10 @@ from typing import Any
 import redis
 import requests
 
+from pacing.cli.localstack import redis_server_binary
 from pacing.domain import TargetConfig
 from pacing.history import repository
 from pacing.history.migrate import upgrade_to_head
-from pacing.localstack import redis_server_binary
 from pacing.pipeline import run_cycle_in_process
 from pacing.services import Services
 from pacing.settings import Settings

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import func, select
 
 from pacing import pipeline
+from pacing.clients.engagement import PUBLISH_PATH
 from pacing.cycle import ShardRows
 from pacing.domain import Reason
-from pacing.engagement import PUBLISH_PATH
 from pacing.history import last_cycles
 from pacing.history.migrate import upgrade_to_head
 from pacing.history.models import DecisionModel

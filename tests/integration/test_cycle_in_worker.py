@@ -100,9 +100,9 @@ def test_the_worker_presolves_a_goal_and_every_process_then_paces_it_without_sol
         _found,
         _key,
     )
-    from pacing.keys import Keys
+    from pacing.cluster.keys import Keys
+    from pacing.cluster.state import SharedOperatingPoints
     from pacing.services import redis_client
-    from pacing.state import SharedOperatingPoints
     from tasks.cycle import presolve_operating_points, services
 
     # given: a goal no target of this session has (7 % abandonment), and another process's

@@ -15,12 +15,12 @@ import pytest
 import redis
 
 from pacing.algorithms import OperatingPoints
+from pacing.clients.statistics import STATISTICS_FIELDS, StatisticsBatch
+from pacing.cluster.keys import Keys
+from pacing.cluster.leadership import FenceVerdict, Leadership, Role, TickOutcome
+from pacing.cluster.state import FEEDBACK_WIDTH, SharedOperatingPoints, StateStore
+from pacing.cluster.status import cluster_status
 from pacing.domain import OfferFeedback, Reason, StatisticsError, TargetStatistics
-from pacing.keys import Keys
-from pacing.leadership import FenceVerdict, Leadership, Role, TickOutcome
-from pacing.state import FEEDBACK_WIDTH, SharedOperatingPoints, StateStore
-from pacing.statistics import STATISTICS_FIELDS, StatisticsBatch
-from pacing.status import cluster_status
 from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 from tests.support import REDIS_HOST, REDIS_PORT, leased_redis_db, redis_url
 

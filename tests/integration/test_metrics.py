@@ -48,7 +48,7 @@ def scrape_clock() -> ScrapeClock:
 @pytest.fixture
 def exporter(stack_settings: Any, scrape_clock: ScrapeClock) -> Iterator[str]:
     """``pacing exporter``'s collector and server, in a thread; yields the metrics URL."""
-    from pacing.keys import Keys
+    from pacing.cluster.keys import Keys
     from pacing.metrics import PacingCollector, serve_metrics
     from pacing.services import redis_client
 
@@ -342,7 +342,7 @@ class _Ticker:
     counts do not depend on how fast the cycles follow each other."""
 
     def __init__(self, settings: Any, exporter: str) -> None:
-        from pacing.keys import Keys
+        from pacing.cluster.keys import Keys
         from pacing.services import redis_client
 
         self.client = redis_client(settings.effective_redis_url)

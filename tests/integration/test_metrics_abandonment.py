@@ -25,7 +25,7 @@ class Stream:
     """A private cycle-event stream on the run's Redis database, and exporters reading it."""
 
     def __init__(self, client: Any, prefix: str) -> None:
-        from pacing.keys import Keys
+        from pacing.cluster.keys import Keys
 
         self.client = client
         self.keys = Keys(prefix)

@@ -12,10 +12,10 @@ import orjson
 import pytest
 
 from pacing import pipeline
+from pacing.clients.engagement import PUBLISH_PATH
+from pacing.cluster.leadership import Role
 from pacing.cycle import IncompleteCycle, ShardRows, merge_shards
 from pacing.domain import Reason
-from pacing.engagement import PUBLISH_PATH
-from pacing.leadership import Role
 from pacing.pipeline import PUBLISH_RETRY_PAUSE_SECONDS, CycleContext
 from pacing.services import Services
 from pacing.settings import load_settings

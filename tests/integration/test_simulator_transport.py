@@ -14,9 +14,9 @@ import orjson
 import pytest
 import requests
 
+from pacing.clients.stat_server import StatServerClient
 from pacing.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from pacing.simulator.transport import SIMULATOR_BASE_URL, SimulatorTransport
-from pacing.stat_server import StatServerClient
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import requests
 
+from pacing.cli.localstack import LocalStack, import_simulator_targets
 from pacing.history import repository
 from pacing.history.migrate import upgrade_to_head
-from pacing.localstack import LocalStack, import_simulator_targets
 from pacing.settings import load_settings
 from pacing.simulator import SimulatorConfig, start_simulator
 from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS

@@ -7,7 +7,7 @@ It starts, all on loopback and owned by the harness:
 * its own PostgreSQL cluster (``initdb`` under a temporary directory, free port) — the history;
 * the built-in simulator in this process — Stat Server pair, engagement receiver and its log;
 * K nodes, each a ``celery worker`` and a ``celery beat`` with its own node name, every one in
-  its own process group (:class:`pacing.localstack.LocalStack`).
+  its own process group (:class:`pacing.cli.localstack.LocalStack`).
 
 Each fault function injects one fault, heals it, and returns a :class:`FaultResult` with the
 figures the runner prints (``benchmarks/faults.py``) and the reliability tests assert
@@ -43,9 +43,9 @@ import psycopg
 import redis
 import requests
 
+from pacing.cli.localstack import LocalStack, Process, import_simulator_targets
+from pacing.cluster.keys import Keys
 from pacing.history.migrate import upgrade_to_head
-from pacing.keys import Keys
-from pacing.localstack import LocalStack, Process, import_simulator_targets
 from pacing.settings import Settings, load_settings
 from pacing.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS

@@ -38,7 +38,7 @@ import pytest
 import redis
 from celery import Celery
 
-from pacing.localstack import LocalStack, Process
+from pacing.cli.localstack import LocalStack, Process
 from tests.reliability.harness import OwnRedis
 from tests.support import start_worker_process, wait_for
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from pacing import pipeline
+from pacing.clients.engagement import PUBLISH_PATH
 from pacing.domain import Algorithm, Reason, TargetConfig
-from pacing.engagement import PUBLISH_PATH
 from pacing.services import Services
 from pacing.settings import load_settings
 from pacing.simulator import RunningSimulator, SimulatorConfig, start_simulator

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pacing import pipeline
+from pacing.clients.engagement import PUBLISH_PATH
+from pacing.clients.stat_server import QUERY_PATH
 from pacing.domain import Algorithm, Reason, TargetConfig
-from pacing.engagement import PUBLISH_PATH
 from pacing.services import Services
 from pacing.settings import load_settings
-from pacing.stat_server import QUERY_PATH
 from tests.http_stub import HttpStub, RecordedRequest, StubResponse
 from tests.support import leased_redis_db, redis_url
 

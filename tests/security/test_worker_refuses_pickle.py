@@ -15,7 +15,7 @@ import pytest
 import redis
 from kombu import Connection, Producer
 
-from pacing.localstack import LocalStack
+from pacing.cli.localstack import LocalStack
 from tests.support import leased_redis_db, redis_url, start_worker_process, wait_for
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pacing.clients.engagement import (
+    _feedback_per_entry,
+    parse_feedback_rows,
+    parse_publish_response,
+)
+from pacing.clients.stat_server import _parse_row, _RowProblem, parse_statistics_response
+from pacing.clients.statistics import STATISTICS_FIELDS, StatisticsBatch
 from pacing.domain import Reason, StatisticsError, TargetStatistics
-from pacing.engagement import _feedback_per_entry, parse_feedback_rows, parse_publish_response
-from pacing.stat_server import _parse_row, _RowProblem, parse_statistics_response
-from pacing.statistics import STATISTICS_FIELDS, StatisticsBatch
 
 NOW = 1_795_000_000.0
 MAX_AGE = 6.0

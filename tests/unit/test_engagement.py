@@ -15,8 +15,7 @@ import orjson
 import pytest
 import requests
 
-from pacing.domain import OfferFeedback
-from pacing.engagement import (
+from pacing.clients.engagement import (
     PUBLISH_PATH,
     BearerToken,
     EngagementClient,
@@ -25,6 +24,7 @@ from pacing.engagement import (
     encode_payload,
     parse_publish_response,
 )
+from pacing.domain import OfferFeedback
 from pacing.errors import (
     ConfigurationError,
     DeltaBaseMismatch,

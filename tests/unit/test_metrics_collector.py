@@ -10,7 +10,7 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pacing.keys import Keys
+from pacing.cluster.keys import Keys
 from pacing.metrics import PacingCollector, basic_auth
 
 KEYS = Keys("unit")

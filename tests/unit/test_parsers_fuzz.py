@@ -16,16 +16,16 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pacing.domain import OfferFeedback, Reason, StatisticsError, TargetStatistics
-from pacing.engagement import (
+from pacing.clients.engagement import (
     PUBLISH_PATH,
     BearerToken,
     EngagementClient,
     PublishAck,
     parse_publish_response,
 )
+from pacing.clients.stat_server import QUERY_PATH, StatServerClient, parse_statistics_response
+from pacing.domain import OfferFeedback, Reason, StatisticsError, TargetStatistics
 from pacing.errors import InvalidResponse, PacingError, StatServerUnavailable
-from pacing.stat_server import QUERY_PATH, StatServerClient, parse_statistics_response
 from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS, HttpStub, RecordedRequest, StubResponse
 
 NOW = 1_795_000_000.0

@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from pacing.domain import Reason, StatisticsError, TargetStatistics
-from pacing.errors import InvalidResponse, StatServerUnavailable, TransientError
-from pacing.stat_server import (
+from pacing.clients.stat_server import (
     DEFAULT_MAX_BODY_BYTES,
     FUTURE_TOLERANCE_SECONDS,
     MAX_IDS_PER_REQUEST,
@@ -21,6 +19,8 @@ from pacing.stat_server import (
     StatServerClient,
     parse_statistics_response,
 )
+from pacing.domain import Reason, StatisticsError, TargetStatistics
+from pacing.errors import InvalidResponse, StatServerUnavailable, TransientError
 from tests.http_stub import (
     GIVE_UP_SECONDS,
     LOOPBACK_TIMEOUT_SECONDS,

@@ -33,7 +33,7 @@ import orjson
 import requests
 from numpy.typing import NDArray
 
-from pacing._http import is_json, read_capped, url_for_messages
+from pacing.clients._http import is_json, read_capped, url_for_messages
 from pacing.domain import OfferFeedback, is_valid_target_id
 from pacing.errors import (
     ConfigurationError,

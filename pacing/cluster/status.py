@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from pacing.keys import Keys
+from pacing.cluster.keys import Keys
 
 
 def cluster_status(client: redis.Redis, keys: Keys, *, now: float) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from pacing.keys import Keys
+from pacing.cluster.keys import Keys
 
 _REFRESH = """
 -- KEYS: lease, epoch, seq, inflight, counters, last_leader

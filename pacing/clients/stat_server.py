@@ -3,7 +3,7 @@
 Public surface:
 
 * :func:`parse_statistics_response` — pure validation of one decoded response body into a
-  :class:`~pacing.statistics.StatisticsBatch`: every requested target gets either
+  :class:`~pacing.clients.statistics.StatisticsBatch`: every requested target gets either
   :class:`~pacing.domain.TargetStatistics` or a :class:`~pacing.domain.StatisticsError`.
 * :class:`StatServerClient` — ``POST {base}/v1/statistics/query`` against the primary/backup pair
   with failover inside one call and failback to the primary after a quiet interval.
@@ -28,16 +28,16 @@ import orjson
 import requests
 from numpy.typing import NDArray
 
-from pacing._http import is_json, read_capped, url_for_messages
-from pacing.domain import Reason, StatisticsError, TargetStatistics, is_valid_target_id
-from pacing.errors import InvalidResponse, StatServerUnavailable
-from pacing.statistics import (
+from pacing.clients._http import is_json, read_capped, url_for_messages
+from pacing.clients.statistics import (
     COLUMN,
     INTEGER_FIELDS,
     STATISTICS_FIELDS,
     StatisticsBatch,
     statistics_row,
 )
+from pacing.domain import Reason, StatisticsError, TargetStatistics, is_valid_target_id
+from pacing.errors import InvalidResponse, StatServerUnavailable
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",

@@ -24,9 +24,9 @@ import redis
 from numpy.typing import NDArray
 
 from pacing.algorithms import OperatingPoints
+from pacing.clients.statistics import COLUMN, STATISTICS_FIELDS, StatisticsBatch
+from pacing.cluster.keys import Keys
 from pacing.domain import OfferFeedback, Reason, StatisticsError
-from pacing.keys import Keys
-from pacing.statistics import COLUMN, STATISTICS_FIELDS, StatisticsBatch
 
 FEEDBACK_WIDTH = 4  # sent, accepted, resolved, pending
 #: refreshed by every successful fetch; the expiry only clears the rows of a stopped cluster

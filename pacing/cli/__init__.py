@@ -182,10 +182,10 @@ def up(targets: int, nodes: int, flower_port: int, metrics_port: int, workdir: P
     Example:
       pacing up --targets 1000 --nodes 2
     """
-    from pacing.keys import Keys  # noqa: PLC0415
-    from pacing.localstack import start_local_stack  # noqa: PLC0415
+    from pacing.cli.localstack import start_local_stack  # noqa: PLC0415
+    from pacing.cluster.keys import Keys  # noqa: PLC0415
+    from pacing.cluster.status import cluster_status  # noqa: PLC0415
     from pacing.services import redis_client  # noqa: PLC0415
-    from pacing.status import cluster_status  # noqa: PLC0415
 
     settings = _settings()
     try:
@@ -278,9 +278,9 @@ def status(as_json: bool, check: bool) -> None:
     """
     import redis  # noqa: PLC0415
 
-    from pacing.keys import Keys  # noqa: PLC0415
+    from pacing.cluster.keys import Keys  # noqa: PLC0415
+    from pacing.cluster.status import cluster_status  # noqa: PLC0415
     from pacing.services import redis_client  # noqa: PLC0415
-    from pacing.status import cluster_status  # noqa: PLC0415
 
     settings = _settings()
     client = redis_client(settings.effective_redis_url)
@@ -333,7 +333,7 @@ def exporter(port: int, address: str) -> None:
     """
     from prometheus_client import disable_created_metrics  # noqa: PLC0415
 
-    from pacing.keys import Keys  # noqa: PLC0415
+    from pacing.cluster.keys import Keys  # noqa: PLC0415
     from pacing.logs import configure_logging  # noqa: PLC0415
     from pacing.metrics import PacingCollector, serve_metrics  # noqa: PLC0415
     from pacing.services import redis_client  # noqa: PLC0415
