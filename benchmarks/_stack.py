@@ -1,4 +1,4 @@
-"""The cycle benchmark's own stack on loopback (``benchmarks/cycle.py`` drives it).
+"""The cycle benchmark's own stack on loopback (``benchmarks/_cycle_stack.py`` drives it).
 
 * one ``redis-server`` on a free port without persistence: broker, result backend, lease, state;
 * a throwaway PostgreSQL database (``pacing_bench_<random>``) on the server named by

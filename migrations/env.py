@@ -16,9 +16,9 @@ from typing import Any, Literal
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 
+from pacing.history import create_history_engine, safe_url
 from pacing.history.migrate import URL_ATTRIBUTE
 from pacing.history.models import UTCDateTime, metadata
-from pacing.history.repository import create_history_engine, safe_url
 
 DEFAULT_URL = "sqlite:///var/pacing-history.db"
 

@@ -18,7 +18,7 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pacing.history.repository import ChannelPoint, HistoryPoint
+from pacing.history import ChannelPoint, HistoryPoint
 
 __all__ = ["plot_channel_totals", "plot_target_history"]
 
@@ -40,7 +40,7 @@ def plot_target_history(
 ) -> None:
     """Budget, reactive state and the inputs (ready, busy, waiting) of one target over time.
 
-    ``points`` is :func:`pacing.history.repository.target_history`'s step function; the last
+    ``points`` is :func:`pacing.history.target_history`'s step function; the last
     step is drawn until ``until``.
     """
     if not points:

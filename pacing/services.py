@@ -29,10 +29,10 @@ from pacing.clients.stat_server import StatServerClient
 from pacing.cluster.keys import Keys
 from pacing.cluster.leadership import Leadership
 from pacing.cluster.state import SharedOperatingPoints, StateStore
-from pacing.cycle import shard_digest, split_into_shards
+from pacing.cycle.split import shard_digest, split_into_shards
 from pacing.domain import Algorithm, Objective, TargetConfig
 from pacing.errors import HistoryUnavailable, ShardTargetsMissing
-from pacing.history import repository
+from pacing.history import create_history_engine, list_targets, targets_version
 from pacing.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -148,12 +148,12 @@ class Services:
 
     @cached_property
     def history(self) -> Engine:
-        return repository.create_history_engine(self.settings.database_url)
+        return create_history_engine(self.settings.database_url)
 
     def enabled_targets(self) -> list[TargetConfig]:
         """The enabled targets, checked against the database at most every few seconds.
 
-        The check reads one aggregate row (:func:`repository.targets_version`); the list is
+        The check reads one aggregate row (:func:`pacing.history.targets_version`); the list is
         read again only when it changed. If the database is down, the copy kept in Redis by
         the last good read is used, so a database outage never stops pacing.
         """
@@ -162,9 +162,9 @@ class Services:
             if now - self._targets_read_at < TARGETS_CACHE_SECONDS:
                 return self._targets
             try:
-                version = repository.targets_version(self.history)
+                version = targets_version(self.history)
                 if version != self._targets_version:
-                    targets = repository.list_targets(self.history, enabled_only=True)
+                    targets = list_targets(self.history, enabled_only=True)
                     self.redis.set(self.keys.targets, _encode_targets(targets))
                     self._targets, self._targets_version = targets, version
             except HistoryUnavailable:

@@ -22,8 +22,9 @@ from celery.signals import (
 
 from pacing.logs import bind_log_context, clear_log_context, configure_logging
 from pacing.runtime import settle_heap
-from pacing.settings import Settings, load_settings
+from pacing.settings import Settings
 from tasks import patches
+from tasks.services import reset_services, settings
 
 HISTORY_PURGE_PERIOD = timedelta(days=1)
 RESULT_EXPIRES_SECONDS = 600  # chord results are read within one cycle; keep Redis small
@@ -101,7 +102,6 @@ def _verified_tls(settings: Settings) -> dict[str, Any]:
 
 
 patches.apply()  # before any worker connects or forks: see tasks/patches.py
-settings = load_settings()
 app = Celery("pacing")
 app.conf.update(celery_config(settings))
 
@@ -128,8 +128,6 @@ def _settle_the_workers_heap(sender: Any = None, **_: Any) -> None:
 @worker_process_init.connect
 def _fresh_resources_after_fork(**_: Any) -> None:
     # connections inherited from the parent process must not be shared with it
-    from tasks.cycle import reset_services  # noqa: PLC0415 - tasks.cycle imports this module
-
     reset_services()
     if _worker_command["running"]:
         settle_heap()  # what the pool process loaded since the fork

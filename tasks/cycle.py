@@ -6,8 +6,10 @@
                               (new leader or targets changed)             │
                                                   pacing.record_cycle ◀───┘
 
-Each task is a thin wrapper: the work is in :mod:`pacing.pipeline`. Arguments are small JSON
-values; ``argsrepr`` gives Flower a short, secret-free summary instead of whole target lists.
+Each task is a thin wrapper: the work is in :mod:`pacing.cycle`, one module per stage in this
+order (plan, presolve, shard, publish, audit). Arguments are small JSON values; ``argsrepr``
+gives Flower a short, secret-free summary instead of whole target lists. The process's clients
+come from :mod:`tasks.services`.
 """
 
 from __future__ import annotations
@@ -20,40 +22,30 @@ from typing import Any, cast
 import redis.exceptions
 from celery import Task, chord
 
-from pacing import pipeline
+from pacing import history
 from pacing.cluster.leadership import Role
+from pacing.cycle import presolve, publish  # their functions share the names of the tasks
+from pacing.cycle.audit import write_audit
+from pacing.cycle.plan import CycleContext, plan_cycle
+from pacing.cycle.presolve import goals_to_presolve
+from pacing.cycle.shard import collect_shards, forget_shards, park_shard, run_shard
 from pacing.errors import HistoryUnavailable, ShardTargetsMissing
-from pacing.history import repository
 from pacing.logs import bind_log_context
-from pacing.pipeline import CycleContext
 from pacing.services import Services
-from tasks.app import app, settings
+from tasks.app import app
+from tasks.services import services, settings
 
 logger = logging.getLogger(__name__)
 
 LOST_AUDIT_AFTER_SECONDS = 30  # longer than record_cycle's own retries (1 + 2 + 4 + 8 s)
 LOST_AUDITS_PER_TICK = 20  # bounds the catch-up load after a long database outage
-_services: Services | None = None
-
-
-def services() -> Services:
-    """This process's clients, created on first use (after the worker forked)."""
-    global _services  # noqa: PLW0603 - one set of connections per process, by design
-    if _services is None:
-        _services = Services(settings)
-    return _services
-
-
-def reset_services() -> None:
-    global _services  # noqa: PLW0603
-    _services = None
 
 
 @app.task(name="pacing.refresh", ignore_result=True)
 def refresh(node: str) -> str:
     """A beat tick from ``node``: lead (or stay standby) and start one cycle."""
     svc = services()
-    plan = pipeline.plan_cycle(svc, node=node)
+    plan = plan_cycle(svc, node=node)
     outcome = plan.outcome
     if outcome.role is Role.STANDBY:
         return "standby"
@@ -85,7 +77,7 @@ def refresh(node: str) -> str:
     if not shards:
         body.delay([])
         return "leader"
-    # each shard's rows are parked in Redis (pipeline.park_targets): the header carries names
+    # the rows are parked in Redis (pacing.cycle.plan.park_targets): the header carries names
     header = [
         pace_shard.s(context.seq, index, digest, epoch=context.epoch).set(
             expires=deadline,
@@ -95,7 +87,7 @@ def refresh(node: str) -> str:
         for index, (rows, digest) in enumerate(zip(shards, plan.digests, strict=True))
     ]
     chord(header)(body)
-    if goals := pipeline.goals_to_presolve(svc, plan):
+    if goals := goals_to_presolve(svc, plan):
         presolve_operating_points.apply_async((goals,), expires=deadline)
     return "leader"
 
@@ -107,7 +99,7 @@ def refresh(node: str) -> str:
     reject_on_worker_lost=True,
     soft_time_limit=settings.cycle_deadline * 2,  # the cycle is abandoned long before this
     time_limit=settings.cycle_deadline * 2 + 5,
-    # the result is a reference to the rows parked in Redis (pipeline.park_shard)
+    # the result is a reference to the rows parked in Redis (pacing.cycle.shard.park_shard)
     resultrepr_maxsize=64,
 )
 def pace_shard(
@@ -118,14 +110,14 @@ def pace_shard(
     the shard's target rows are parked under (or, from an older release, the rows)."""
     svc = services()
     try:
-        rows = pipeline.run_shard(svc, seq=seq, shard=shard, rows=targets, epoch=epoch)
+        rows = run_shard(svc, seq=seq, shard=shard, rows=targets, epoch=epoch)
     except ShardTargetsMissing:
         # the chord cannot complete: let the next tick start at once (it parks them again)
         logger.exception("shard targets missing; cycle abandoned", extra={"seq": seq})
         with contextlib.suppress(redis.exceptions.RedisError):
             svc.leadership.finish_cycle(epoch=epoch, seq=seq)
         raise
-    return pipeline.park_shard(svc, rows)
+    return park_shard(svc, rows)
 
 
 @app.task(name="pacing.publish_cycle", ignore_result=True)
@@ -142,8 +134,8 @@ def publish_cycle(results: list[dict[str, Any]], context: dict[str, Any]) -> Non
         handed.append(seq)
 
     try:
-        record = pipeline.publish_cycle(
-            svc, pipeline.collect_shards(svc, results), cycle, audit_ready=audit_ready
+        record = publish.publish_cycle(
+            svc, collect_shards(svc, results), cycle, audit_ready=audit_ready
         )
     except Exception:
         # let the next tick start at once instead of waiting for the deadline
@@ -152,7 +144,7 @@ def publish_cycle(results: list[dict[str, Any]], context: dict[str, Any]) -> Non
         raise
     if not handed:  # a cycle that ended before its publish (abandoned) has a record too
         record_cycle.delay(record.seq)
-    pipeline.forget_shards(svc, cycle.seq, cycle.shard_count)
+    forget_shards(svc, cycle.seq, cycle.shard_count)
 
 
 @app.task(
@@ -172,7 +164,7 @@ def publish_cycle(results: list[dict[str, Any]], context: dict[str, Any]) -> Non
 )
 def record_cycle(self: Task, seq: int) -> bool:
     """Write cycle ``seq`` to the history database; idempotent on ``seq``."""
-    return pipeline.write_audit(services(), seq)
+    return write_audit(services(), seq)
 
 
 @app.task(name="pacing.presolve_operating_points", ignore_result=True)
@@ -180,7 +172,7 @@ def presolve_operating_points(goals: list[list[Any]]) -> int:
     """Solve the operating-point grid of the targets' ``[goal, busy_factor]`` pairs ahead of the
     cycles and share it through Redis (sent by the leader when targets change or it takes over);
     returns how many points were new. Losing it only means the cycles solve them as before."""
-    return pipeline.presolve_operating_points(services(), goals)
+    return presolve.presolve_operating_points(services(), goals)
 
 
 @app.task(
@@ -195,7 +187,7 @@ def presolve_operating_points(goals: list[list[Any]]) -> int:
 def record_leadership(epoch: int, node: str, acquired_at: str, previous: str | None = None) -> bool:
     """Record that ``node`` took the lease at ``epoch`` (``previous`` is ``"<epoch>:<node>"``)."""
     previous_epoch, _, previous_node = (previous or "").partition(":")
-    return repository.record_leadership_change(
+    return history.record_leadership_change(
         services().history,
         epoch=epoch,
         node=node,
@@ -209,7 +201,7 @@ def record_leadership(epoch: int, node: str, acquired_at: str, previous: str | N
 def purge_history() -> int:
     """Daily retention: delete cycles older than ``history_retention_days``, in batches."""
     cutoff = datetime.now(UTC) - timedelta(days=settings.history_retention_days)
-    deleted = repository.purge_history(services().history, older_than=cutoff)
+    deleted = history.purge_history(services().history, older_than=cutoff)
     logger.info("purged %d cycles older than %s", deleted, cutoff.isoformat())
     return deleted
 

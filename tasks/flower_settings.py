@@ -89,7 +89,7 @@ def flower_options(settings: Settings, given: GivenOptions) -> dict[str, Any]:
 
 def options_or_exit(given: GivenOptions) -> dict[str, Any]:
     """:func:`flower_options` for the app's settings; exit with the refusal as one line."""
-    from tasks.app import settings  # noqa: PLC0415 - the app `celery -A tasks` has loaded
+    from tasks.services import settings  # noqa: PLC0415 - read once `celery -A tasks` loaded
 
     try:
         return flower_options(settings, given)

@@ -92,7 +92,7 @@ def run_cycle_by_hand(simulator_url: str) -> int:
     keys = Keys(settings.key_prefix)
 
     def finished() -> bool:
-        # its figures are written, then its in-flight marker cleared (pipeline._finish)
+        # its figures are written, then its in-flight marker cleared (pacing.cycle.publish._finish)
         in_flight = (client.get(keys.inflight) or b"").decode()
         written = int(client.hget(keys.last_cycle, "seq") or 0) >= seq
         return written and not in_flight.endswith(f":{seq}")

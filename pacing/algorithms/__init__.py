@@ -19,12 +19,13 @@ Where to read on:
 - ``_estimators``: p, d, h, θ, λ_r from cumulative counters, and the trim β (§1, §6);
 - ``_super_progressive``: the SUPER_PROGRESSIVE rule (§4);
 - ``_predictive_b``: the PREDICTIVE_B rule (§5), on the Erlang-A operating points of
-  ``_erlang`` (Erlang B and M/M/N+M in log space, solvers and their cache);
+  ``_operating_points`` (their grid and cache) and ``_erlang`` (Erlang B and M/M/N+M in log
+  space, and the root search);
 - ``_dual``: reactive admission and reserve of the dual variants (§7);
 - ``_state``: the state columns.
 """
 
-from pacing.algorithms._erlang import OPERATING_POINTS, OperatingPoints
+from pacing.algorithms._operating_points import OPERATING_POINTS, OperatingPoints
 from pacing.algorithms._pace import pace
 from pacing.algorithms._state import STATE_FIELDS, STATE_WIDTH, cold_state
 from pacing.algorithms._types import (

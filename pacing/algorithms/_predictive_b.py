@@ -2,7 +2,7 @@
 
 For one target with N = f + b slots, handle time h = 1/μ, patience rate θ (r = θ·h)::
 
-    a*, P_ab*  = the operating point of the goal (``_erlang.operating_point``)
+    a*, P_ab*  = the operating point of the goal (``_operating_points.operating_point``)
     λ*         = a*·μ
     λ_p        = λ* − λ_r,admit                (dual targets, §7; else λ*)
     Y*         = a*·(1 − P_ab*) + a*·P_ab*/r + λ_p·d      busy + queued + in the invitation pipe
@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pacing.algorithms import _dual
-from pacing.algorithms._erlang import operating_point
+from pacing.algorithms._operating_points import operating_point
 
 Array = NDArray[np.float64]
 

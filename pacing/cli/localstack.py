@@ -29,7 +29,7 @@ import requests
 
 from pacing.domain import Algorithm, TargetConfig
 from pacing.errors import ConfigurationError
-from pacing.history import repository
+from pacing.history import create_history_engine, list_targets, set_targets_enabled, upsert_targets
 from pacing.history.migrate import upgrade_to_head
 from pacing.settings import Settings
 
@@ -349,13 +349,13 @@ def import_simulator_targets(settings: Settings, base_url: str) -> int:
     response = requests.get(f"{base_url}/sim/targets", timeout=10)
     response.raise_for_status()
     configs = simulator_target_configs(response.json()["targets"])
-    engine = repository.create_history_engine(settings.database_url)
+    engine = create_history_engine(settings.database_url)
     try:
-        known = {t.target_id for t in repository.list_targets(engine)}
-        count = repository.upsert_targets(engine, configs)
+        known = {t.target_id for t in list_targets(engine)}
+        count = upsert_targets(engine, configs)
         stale = sorted(known - {c.target_id for c in configs})
         if stale:
-            repository.set_targets_enabled(engine, stale, enabled=False)
+            set_targets_enabled(engine, stale, enabled=False)
         return count
     finally:
         engine.dispose()

@@ -32,12 +32,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pacing import algorithms
-from pacing.algorithms._erlang import erlang_a, operating_point
+from pacing.algorithms._erlang import erlang_a
+from pacing.algorithms._operating_points import operating_point
 from pacing.algorithms._state import StateColumn
 from pacing.domain import Objective, TargetConfig
 from pacing.evaluation._scenario import Pacer, Scenario, Stress
 from pacing.evaluation._service_loop import EPOCH, ServiceLoop, VirtualClock, private_redis
-from pacing.simulator.world import TargetSpec, World
+from pacing.simulator.targets import TargetSpec
+from pacing.simulator.world import World
 
 __all__ = [
     "COLD_START_SECONDS",

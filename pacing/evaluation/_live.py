@@ -25,7 +25,8 @@ from pacing.evaluation._service_loop import (
     VirtualClock,
     private_redis,
 )
-from pacing.simulator.world import World, generate_targets
+from pacing.simulator.targets import generate_targets
+from pacing.simulator.world import World
 
 __all__ = ["LiveWorldResult", "LiveWorldRun", "live_world_snapshots"]
 

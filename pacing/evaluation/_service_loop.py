@@ -5,9 +5,9 @@ loop moves:
 
 - the world is :class:`pacing.simulator.world.World`, the very model ``pacing simulate`` serves
   live, stepped here as virtual time passes;
-- the service is :func:`pacing.pipeline.run_cycle_in_process`: the leader's lease and seq, the
-  shards' Stat Server fetch and per-target state in Redis, ``pace()``, the merge, the fenced
-  full-or-delta publish and the feedback it returns, exactly what the Celery tasks run;
+- the service is :func:`pacing.cycle.in_process.run_cycle_in_process`: the leader's lease and
+  seq, the shards' Stat Server fetch and per-target state in Redis, ``pace()``, the merge, the
+  fenced full-or-delta publish and the feedback it returns, exactly what the Celery tasks run;
 - between the two, the service's own HTTP clients talk to the simulator's own routes through
   :class:`pacing.simulator.transport.SimulatorTransport` (the same bytes, no socket);
 - the delays are production's: each tick fetches the statistics, the publish follows a cycle
@@ -34,13 +34,13 @@ import redis
 import requests
 
 from pacing.cli.localstack import redis_server_binary
+from pacing.cycle.in_process import run_cycle_in_process
 from pacing.domain import TargetConfig
-from pacing.history import repository
+from pacing.history import create_history_engine, upsert_targets
 from pacing.history.migrate import upgrade_to_head
-from pacing.pipeline import run_cycle_in_process
 from pacing.services import Services
 from pacing.settings import Settings
-from pacing.simulator.server import SimulatorApp
+from pacing.simulator.app import SimulatorApp
 from pacing.simulator.transport import SIMULATOR_BASE_URL, SimulatorTransport
 from pacing.simulator.world import World
 
@@ -188,9 +188,9 @@ class ServiceLoop:
         self.cycle_latency_seconds = cycle_latency_seconds
         self.services = Services(self.settings, clock=clock, sessions=self._session)
         upgrade_to_head(self.settings.database_url)
-        engine = repository.create_history_engine(self.settings.database_url)
+        engine = create_history_engine(self.settings.database_url)
         try:
-            repository.upsert_targets(engine, list(targets))
+            upsert_targets(engine, list(targets))
         finally:
             engine.dispose()
         self.services.redis.flushdb()

@@ -3,9 +3,24 @@
 Import from here; the submodules are implementation detail::
 
     from pacing.history import create_history_engine, record_cycle, CycleRecord
+
+Every function takes an :class:`~sqlalchemy.engine.Engine` and plain values and runs in its own
+transaction, so a Celery task can call it and retry it as a whole; an unreachable database
+raises :class:`pacing.errors.HistoryUnavailable`. The submodules, in the order of the flow:
+``records`` (the values), ``engine`` (connection set-up and error handling), ``writing`` (a
+cycle, a leadership change), ``targets`` (target configuration), ``reading`` (the queries) and
+``maintenance`` (the purge).
 """
 
-from pacing.history.repository import (
+from pacing.history.engine import (
+    create_history_engine,
+    is_unavailable_error,
+    safe_url,
+    unavailable,
+)
+from pacing.history.maintenance import purge_history
+from pacing.history.reading import channel_totals, last_cycles, leadership_changes, target_history
+from pacing.history.records import (
     ChannelPoint,
     ChannelTotal,
     CycleRecord,
@@ -14,19 +29,14 @@ from pacing.history.repository import (
     DecisionRow,
     HistoryPoint,
     LeadershipChange,
-    channel_totals,
-    create_history_engine,
-    last_cycles,
-    leadership_changes,
+)
+from pacing.history.targets import (
     list_targets,
-    purge_history,
-    record_cycle,
-    record_leadership_change,
-    safe_url,
     set_targets_enabled,
-    target_history,
+    targets_version,
     upsert_targets,
 )
+from pacing.history.writing import record_cycle, record_leadership_change
 
 __all__ = [
     "ChannelPoint",
@@ -39,6 +49,7 @@ __all__ = [
     "LeadershipChange",
     "channel_totals",
     "create_history_engine",
+    "is_unavailable_error",
     "last_cycles",
     "leadership_changes",
     "list_targets",
@@ -48,5 +59,7 @@ __all__ = [
     "safe_url",
     "set_targets_enabled",
     "target_history",
+    "targets_version",
+    "unavailable",
     "upsert_targets",
 ]

@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import SQLAlchemyError
 
 from pacing.errors import ConfigurationError
-from pacing.history.repository import (
+from pacing.history.engine import (
     create_history_engine,
     is_unavailable_error,
     safe_url,

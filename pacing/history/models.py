@@ -157,7 +157,7 @@ class DecisionModel(Base):
     foreign key with one trigger query per inserted row, which was the largest single cost of
     writing a 10,000-row snapshot: the server-side COPY took 100 ms with it and 50 ms without
     (PostgreSQL 15 on loopback, 2 cores, median of 20 snapshots into a fresh table). Integrity
-    is kept by the only writer instead: :func:`pacing.history.repository.record_cycle` inserts
+    is kept by the only writer instead: :func:`pacing.history.writing.record_cycle` inserts
     the cycle row and its decisions in one transaction, and retention deletes a cycle's
     decisions before the cycle itself.
 

@@ -28,13 +28,9 @@ from typing import Final
 from sqlalchemy import Connection, Engine, func, select, text
 
 from pacing.history.models import CycleModel
-from pacing.history.repository import (
-    ChannelTotal,
-    CycleRecord,
-    DecisionRow,
-    record_cycle,
-    target_history,
-)
+from pacing.history.reading import target_history
+from pacing.history.records import ChannelTotal, CycleRecord, DecisionRow
+from pacing.history.writing import record_cycle
 
 __all__ = [
     "SyntheticFill",
@@ -64,7 +60,7 @@ class SyntheticFill:
 def synthetic_target_ids(targets: int) -> list[tuple[str, str]]:
     """``(target_id, channel)`` of ``targets`` targets as the simulator generates them, ordered
     by id as the service reads them."""
-    from pacing.simulator.world import generate_targets  # noqa: PLC0415 - numpy, only here
+    from pacing.simulator.targets import generate_targets  # noqa: PLC0415 - numpy, only here
 
     return sorted((spec.target_id, spec.channel) for spec in generate_targets(targets))
 
@@ -265,7 +261,7 @@ def time_target_history(
     *,
     warmup: bool = True,
 ) -> list[float]:
-    """Milliseconds of each :func:`~pacing.history.repository.target_history` call: every id of
+    """Milliseconds of each :func:`~pacing.history.reading.target_history` call: every id of
     ``target_ids`` over ``[since, until)``, ``repeats`` times. With ``warmup`` one untimed
     query runs first (it opens the pool's connection)."""
     if warmup and target_ids:
@@ -345,7 +341,7 @@ def time_record_cycle(
     full: bool = True,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
-    """Milliseconds of each of ``repeats`` :func:`~pacing.history.repository.record_cycle` calls
+    """Milliseconds of each of ``repeats`` :func:`~pacing.history.writing.record_cycle` calls
     (full snapshots of ``targets`` rows by default), appended after the stored history; the
     records are built before the clock starts. Two untimed writes run first."""
     ids = synthetic_target_ids(targets)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 
 from pacing.runtime import settle_heap
-from pacing.simulator.server import SimulatorApp, SimulatorHTTPServer
+from pacing.simulator.app import SimulatorApp
+from pacing.simulator.server import SimulatorHTTPServer
 from pacing.simulator.world import World
 
 __all__ = ["RunningSimulator", "SimulatorConfig", "serve_forever", "start_simulator"]

@@ -27,7 +27,8 @@ import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
 from urllib3 import HTTPHeaderDict, HTTPResponse
 
-from pacing.simulator.server import InProcessExchange, SimulatorApp
+from pacing.simulator.app import SimulatorApp
+from pacing.simulator.server import InProcessExchange
 
 __all__ = ["SIMULATOR_BASE_URL", "SimulatorTransport"]
 

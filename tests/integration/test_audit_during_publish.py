@@ -1,7 +1,8 @@
-"""The audit written while its publish is in flight (``pipeline.write_audit`` on a record staged
-before the POST): real Redis, the loopback stub as the receiver, and the history on SQLite and on
-a throwaway PostgreSQL database. The audit runs on a thread here, as it would on another worker
-process: it writes the rows, waits for the outcome and commits only the final state."""
+"""The audit written while its publish is in flight (``pacing.cycle.audit.write_audit`` on a
+record staged before the POST): real Redis, the loopback stub as the receiver, and the history on
+SQLite and on a throwaway PostgreSQL database. The audit runs on a thread here, as it would on
+another worker process: it writes the rows, waits for the outcome and commits only the final
+state."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from pacing import pipeline
 from pacing.clients.engagement import PUBLISH_PATH
-from pacing.cycle import ShardRows
+from pacing.cycle.audit import audit_record, load_audit, load_staged_audit, stage_audit, write_audit
+from pacing.cycle.plan import CycleContext
+from pacing.cycle.publish import publish_cycle
+from pacing.cycle.rows import ShardRows
 from pacing.domain import Reason
 from pacing.history import last_cycles
 from pacing.history.migrate import upgrade_to_head
 from pacing.history.models import DecisionModel
-from pacing.pipeline import CycleContext
 from pacing.services import Services
 from pacing.settings import load_settings
 from tests.http_stub import HttpStub, RecordedRequest, StubResponse, json_response
@@ -118,13 +120,13 @@ class AuditOnAnotherProcess:
 
     def __call__(self, seq: int) -> None:
         self.posts_when_handed = len(self.stub.requests_to(PUBLISH_PATH))
-        staged = pipeline.load_staged_audit(self.services, seq)
+        staged = load_staged_audit(self.services, seq)
         self.due = staged.outcome_due if staged is not None else None
         self.thread = threading.Thread(target=self._write, args=(seq,))
         self.thread.start()
 
     def _write(self, seq: int) -> None:
-        self.written.append(pipeline.write_audit(self.services, seq))
+        self.written.append(write_audit(self.services, seq))
         self.finished_at = self.services.clock()
 
     def join(self) -> None:
@@ -157,7 +159,7 @@ def test_the_audit_is_handed_over_before_the_post_and_commits_the_published_cycl
     audit = AuditOnAnotherProcess(services, stub)
 
     # when
-    record = pipeline.publish_cycle(services, results(context), context, audit_ready=audit)
+    record = publish_cycle(services, results(context), context, audit_ready=audit)
     audit.join()
 
     # then the audit began before anything was sent, and committed the final state
@@ -175,7 +177,7 @@ def test_the_audit_is_handed_over_before_the_post_and_commits_the_published_cycl
     assert audit.due is not None
     assert audit.finished_at < audit.due
     # and nothing is left staged
-    assert pipeline.load_audit(services, context.seq) is None
+    assert load_audit(services, context.seq) is None
     assert services.redis.zscore(services.keys.audit_pending, str(context.seq)) is None
     assert not services.redis.exists(services.keys.audit_settled(context.seq))
 
@@ -195,7 +197,7 @@ def test_a_publish_that_fails_while_its_audit_waits_leaves_no_decision_rows(
     audit = AuditOnAnotherProcess(services, stub)
 
     # when
-    record = pipeline.publish_cycle(services, results(context), context, audit_ready=audit)
+    record = publish_cycle(services, results(context), context, audit_ready=audit)
     audit.join()
 
     # then the rows the audit wrote during the POST were rolled back with the outcome
@@ -212,17 +214,17 @@ def test_an_audit_whose_publisher_never_writes_the_outcome_records_it_in_doubt_w
 ) -> None:
     # given a record staged before a POST whose worker then stopped (no outcome will come)
     context = start_cycle(services, shard_count=1)
-    record = pipeline._record(  # the form publish_cycle stages before its POST
+    record = audit_record(  # the form publish_cycle stages before its POST
         context,
         status="in_doubt",
         error="the publishing worker stopped",
         clock=services.clock,
     )
     due = services.clock() + 0.5
-    pipeline.stage_audit(services, record, outcome_due=due)
+    stage_audit(services, record, outcome_due=due)
 
     # when
-    written = pipeline.write_audit(services, context.seq)
+    written = write_audit(services, context.seq)
 
     # then it waited until the due time and kept the staged status
     assert written is True
@@ -238,13 +240,13 @@ def test_an_audit_run_after_its_publish_ended_does_not_wait(
     # given a cycle published with no audit task handed (one process: the audit comes after)
     stub.on("POST", PUBLISH_PATH, accept_slowly)
     context = start_cycle(services, shard_count=1)
-    pipeline.publish_cycle(services, results(context), context)
+    publish_cycle(services, results(context), context)
 
     # when: the audit finds the outcome already settled, so it has nothing to wait for
-    staged = pipeline.load_staged_audit(services, context.seq)
+    staged = load_staged_audit(services, context.seq)
     assert staged is not None
     assert staged.settled
-    written = pipeline.write_audit(services, context.seq)
+    written = write_audit(services, context.seq)
 
     # then
     assert written is True
@@ -252,19 +254,19 @@ def test_an_audit_run_after_its_publish_ended_does_not_wait(
     assert row.publish_status == "published"
     assert decision_count(services, context.seq) == 3
     # a second delivery finds nothing left to write
-    assert pipeline.write_audit(services, context.seq) is False
+    assert write_audit(services, context.seq) is False
 
 
 def test_the_wake_up_is_removed_with_the_staged_record(services: Services) -> None:
     # the wake-up list of an outcome nobody waited for is removed with the staged record
     context = start_cycle(services, shard_count=1)
-    record = pipeline._record(context, status="expired", error="late", clock=services.clock)
-    pipeline.stage_audit(services, record, outcome_due=services.clock() + 60)
+    record = audit_record(context, status="expired", error="late", clock=services.clock)
+    stage_audit(services, record, outcome_due=services.clock() + 60)
     services.redis.rpush(services.keys.audit_settled(context.seq), 1)
     services.redis.set(
         services.keys.audit_outcome(context.seq),
         b'{"status": "expired", "error": "late", "published_at": null, "publish_ms": null}',
     )
 
-    assert pipeline.write_audit(services, context.seq) is True
+    assert write_audit(services, context.seq) is True
     assert not services.redis.exists(services.keys.audit_settled(context.seq))

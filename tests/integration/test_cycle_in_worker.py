@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_bad_targets_get_budget_zero_with_their_reason_while_the_shard_is_paced(
     celery_session_worker: Any, simulator: Any, history_ready: str, stack_settings: Any
 ) -> None:
-    from pacing.history import repository
+    from pacing.history import create_history_engine, last_cycles, target_history
 
     # given: three targets whose statistics are bad in three different ways
     targets = requests.get(
@@ -35,15 +35,15 @@ def test_bad_targets_get_budget_zero_with_their_reason_while_the_shard_is_paced(
     # when: cycles run until one is published and audited
     seq = run_cycle_by_hand(simulator.base_url)
     seq = run_cycle_by_hand(simulator.base_url)
-    engine = repository.create_history_engine(history_ready)
+    engine = create_history_engine(history_ready)
     wait_for(
-        lambda: any(c.seq == seq for c in repository.last_cycles(engine, 5)),
+        lambda: any(c.seq == seq for c in last_cycles(engine, 5)),
         timeout=cycle_wait_seconds(),
         message=f"cycle {seq} never reached the history database",
     )
 
     # then: each bad target has budget 0 and its own reason ...
-    latest = {tid: repository.target_history(engine, tid)[-1] for tid in ids}
+    latest = {tid: target_history(engine, tid)[-1] for tid in ids}
     assert (latest[unknown].proactive_budget, latest[unknown].reason) == (0, "unknown_target")
     assert (latest[malformed].proactive_budget, latest[malformed].reason) == (0, "error")
     assert (latest[stale].proactive_budget, latest[stale].reason) == (0, "stale")
@@ -63,19 +63,19 @@ def test_bad_targets_get_budget_zero_with_their_reason_while_the_shard_is_paced(
 def test_a_cycle_is_recorded_once_with_its_stage_timings(
     celery_session_worker: Any, simulator: Any, history_ready: str
 ) -> None:
-    from pacing.history import repository
+    from pacing.history import create_history_engine, last_cycles
 
     # given / when
     seq = run_cycle_by_hand(simulator.base_url)
-    engine = repository.create_history_engine(history_ready)
+    engine = create_history_engine(history_ready)
     wait_for(
-        lambda: any(c.seq == seq for c in repository.last_cycles(engine, 10)),
+        lambda: any(c.seq == seq for c in last_cycles(engine, 10)),
         timeout=cycle_wait_seconds(),
         message=f"cycle {seq} never reached the history database",
     )
 
     # then
-    cycle = next(c for c in repository.last_cycles(engine, 10) if c.seq == seq)
+    cycle = next(c for c in last_cycles(engine, 10) if c.seq == seq)
     assert cycle.publish_status == "published"
     assert cycle.target_count == 40
     assert cycle.node == "test-node"
@@ -83,7 +83,7 @@ def test_a_cycle_is_recorded_once_with_its_stage_timings(
     assert cycle.fetch_ms >= 0
     assert cycle.payload_kind in {"full", "delta"}
     assert cycle.payload_bytes > 0
-    assert [c.seq for c in repository.last_cycles(engine, 1000)].count(seq) == 1
+    assert [c.seq for c in last_cycles(engine, 1000)].count(seq) == 1
     engine.dispose()
 
 
@@ -92,9 +92,8 @@ def test_the_worker_presolves_a_goal_and_every_process_then_paces_it_without_sol
 ) -> None:
     import numpy as np
 
-    from pacing import pipeline
     from pacing.algorithms import OperatingPoints
-    from pacing.algorithms._erlang import (
+    from pacing.algorithms._operating_points import (
         PRESOLVE_MAX_SERVERS,
         PRESOLVE_RATIO_OCTAVES,
         _found,
@@ -102,8 +101,10 @@ def test_the_worker_presolves_a_goal_and_every_process_then_paces_it_without_sol
     )
     from pacing.cluster.keys import Keys
     from pacing.cluster.state import SharedOperatingPoints
+    from pacing.cycle import presolve
     from pacing.services import redis_client
-    from tasks.cycle import presolve_operating_points, services
+    from tasks.cycle import presolve_operating_points
+    from tasks.services import services
 
     # given: a goal no target of this session has (7 % abandonment), and another process's
     # cache that has never seen it (a presolve sent by an earlier test's cycle may still be
@@ -147,4 +148,4 @@ def test_the_worker_presolves_a_goal_and_every_process_then_paces_it_without_sol
     assert other.export_fresh() == []
     assert np.isfinite(point.load).all()
     # and asking again solves nothing (the worker runs in this process: same cache)
-    assert pipeline.presolve_operating_points(services(), [[0.07, False]]) == 0
+    assert presolve.presolve_operating_points(services(), [[0.07, False]]) == 0

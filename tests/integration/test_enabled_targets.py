@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pacing import pipeline
+from pacing.cycle.plan import PARKED_TARGETS_SECONDS, plan_cycle
+from pacing.cycle.shard import run_shard
 from pacing.domain import TargetConfig
 from pacing.errors import ShardTargetsMissing
-from pacing.history import repository
+from pacing.history import set_targets_enabled, upsert_targets
 from pacing.history.migrate import upgrade_to_head
 from pacing.services import TARGETS_CACHE_SECONDS, Services
 from pacing.settings import load_settings
@@ -50,7 +51,7 @@ def services(redis_db: int, tmp_path: Path, clock: Clock) -> Iterator[Services]:
         }
     )
     built = Services(settings, clock=clock)
-    repository.upsert_targets(built.history, [TargetConfig(f"t{i}") for i in range(5)])
+    upsert_targets(built.history, [TargetConfig(f"t{i}") for i in range(5)])
     try:
         yield built
     finally:
@@ -78,7 +79,7 @@ def test_a_disabled_target_leaves_the_list_after_the_cache_interval(
 ) -> None:
     # given
     services.enabled_targets()
-    repository.set_targets_enabled(services.history, ["t1"], enabled=False)
+    set_targets_enabled(services.history, ["t1"], enabled=False)
 
     # when
     cached = services.enabled_targets()
@@ -123,7 +124,7 @@ def test_the_leader_parks_each_shards_rows_for_the_shard_tasks(
 
     try:
         # when
-        plan = pipeline.plan_cycle(services, node="n1")
+        plan = plan_cycle(services, node="n1")
 
         # then: the header carries names, and a worker reads the very rows behind them
         assert len(plan.digests) == len(plan.shards) == 3
@@ -131,7 +132,7 @@ def test_the_leader_parks_each_shards_rows_for_the_shard_tasks(
         for digest, rows in zip(plan.digests, plan.shards, strict=True):
             assert worker.shard_targets(digest) == rows
             ttl = services.redis.ttl(services.keys.shard_targets(digest))
-            assert 0 < ttl <= pipeline.PARKED_TARGETS_SECONDS
+            assert 0 < ttl <= PARKED_TARGETS_SECONDS
     finally:
         worker.close()
 
@@ -141,18 +142,18 @@ def test_a_shard_whose_parked_rows_are_gone_is_refused_and_parked_again_next_cyc
 ) -> None:
     # given: a cycle planned, then its parked rows lost (a flushed Redis)
     services.settings = services.settings.model_copy(update={"shard_size": 2})
-    plan = pipeline.plan_cycle(services, node="n1")
+    plan = plan_cycle(services, node="n1")
     assert plan.context is not None
     services.redis.delete(*(services.keys.shard_targets(d) for d in plan.digests))
     worker = Services(services.settings, clock=clock)
     try:
         # when / then: the shard cannot be paced, not even as error rows
         with pytest.raises(ShardTargetsMissing, match="not in Redis"):
-            pipeline.run_shard(worker, seq=plan.context.seq, shard=0, rows=plan.digests[0])
+            run_shard(worker, seq=plan.context.seq, shard=0, rows=plan.digests[0])
 
         # and the next cycle parks them again
         services.leadership.finish_cycle(epoch=plan.context.epoch, seq=plan.context.seq)
-        again = pipeline.plan_cycle(services, node="n1")
+        again = plan_cycle(services, node="n1")
         assert again.digests == plan.digests
         assert worker.shard_targets(plan.digests[0]) == plan.shards[0]
     finally:
@@ -164,7 +165,7 @@ def test_a_changed_target_list_gets_new_shard_names(services: Services, clock: C
     before = services.shard_digests(2)
 
     # when
-    repository.upsert_targets(services.history, [TargetConfig("t1", max_budget=7)])
+    upsert_targets(services.history, [TargetConfig("t1", max_budget=7)])
     clock.now += TARGETS_CACHE_SECONDS + 1
     after = services.shard_digests(2)
 

@@ -43,7 +43,8 @@ from pacing.history import (
     target_history,
     upsert_targets,
 )
-from pacing.history import repository as history_repository
+from pacing.history import maintenance as history_maintenance
+from pacing.history import targets as history_targets
 from pacing.history.migrate import alembic_config, check_drift, current_revision, upgrade_to_head
 from pacing.history.models import ChannelTotalModel, CycleModel, DecisionModel
 from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
@@ -391,13 +392,13 @@ def test_purge_goes_on_when_the_seq_index_cannot_be_summarised(
     for seq in (1, 2, 3):
         record_cycle(engine, cycle(seq, decisions=[decision("g1", seq)]))
     monkeypatch.setattr(
-        history_repository,
+        history_maintenance,
         "_SUMMARIZE_SEQ_INDEX",
         text("SELECT brin_summarize_new_values('no_such_index'::regclass)"),
     )
 
     # when
-    with caplog.at_level(logging.WARNING, logger="pacing.history.repository"):
+    with caplog.at_level(logging.WARNING, logger="pacing.history.maintenance"):
         deleted = purge_history(engine, older_than=at(3))
 
     # then
@@ -479,7 +480,7 @@ def test_upsert_targets_is_all_or_nothing(engine: Engine, monkeypatch: pytest.Mo
     with pytest.raises(ValueError, match="proactive_ratio"):
         upsert_targets(engine, [TargetConfig("new"), TargetConfig("bad", proactive_ratio=2.0)])
     # and by the database itself
-    monkeypatch.setattr(history_repository, "_validate_target", lambda target: None)
+    monkeypatch.setattr(history_targets, "_validate_target", lambda target: None)
     with pytest.raises(IntegrityError):
         upsert_targets(engine, [TargetConfig("new"), TargetConfig("bad", goal_percent=0)])
 

@@ -12,9 +12,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from pacing.history import repository
+from pacing.history import (
+    ChannelTotal,
+    CycleRecord,
+    DecisionRow,
+    create_history_engine,
+    record_cycle,
+    record_leadership_change,
+)
 from pacing.history.migrate import upgrade_to_head
-from pacing.history.repository import ChannelTotal, CycleRecord, DecisionRow
 from tests.support import throwaway_postgres_database
 
 pytestmark = pytest.mark.integration
@@ -43,7 +49,7 @@ def fill(engine: Engine) -> None:
         at = MORNING + timedelta(minutes=10 * index)
         reason = "no_agents" if 6 <= index < 9 else "ok"
         budget = 0 if reason != "ok" else 3 + index % 4
-        repository.record_cycle(
+        record_cycle(
             engine,
             CycleRecord(
                 seq=index + 1,
@@ -71,7 +77,7 @@ def fill(engine: Engine) -> None:
                 channels=[ChannelTotal("chat", budget + 2, 7, 2)],
             ),
         )
-    repository.record_leadership_change(
+    record_leadership_change(
         engine,
         epoch=1,
         node="node-a",
@@ -79,7 +85,7 @@ def fill(engine: Engine) -> None:
         previous_node=None,
         previous_epoch=None,
     )
-    repository.record_leadership_change(
+    record_leadership_change(
         engine,
         epoch=2,
         node="node-b",
@@ -93,7 +99,7 @@ def fill(engine: Engine) -> None:
 def sqlite_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     url = f"sqlite:///{tmp_path_factory.mktemp('queries') / 'history.db'}"
     upgrade_to_head(url)
-    engine = repository.create_history_engine(url)
+    engine = create_history_engine(url)
     fill(engine)
     try:
         yield engine
@@ -105,7 +111,7 @@ def sqlite_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]
 def postgres_history() -> Iterator[Engine]:
     with throwaway_postgres_database() as url:
         upgrade_to_head(url)
-        engine = repository.create_history_engine(url)
+        engine = create_history_engine(url)
         fill(engine)
         try:
             yield engine

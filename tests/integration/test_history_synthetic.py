@@ -11,9 +11,8 @@ from itertools import pairwise
 import pytest
 from sqlalchemy import Engine, text
 
-from pacing.history import last_cycles, target_history
+from pacing.history import create_history_engine, last_cycles, target_history
 from pacing.history.migrate import upgrade_to_head
-from pacing.history.repository import create_history_engine
 from pacing.history.synthetic import (
     fill_synthetic,
     fill_synthetic_hour,
@@ -21,7 +20,7 @@ from pacing.history.synthetic import (
     time_record_cycle,
     time_target_history,
 )
-from pacing.simulator.world import generate_targets
+from pacing.simulator.targets import generate_targets
 from tests.support import throwaway_postgres_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]

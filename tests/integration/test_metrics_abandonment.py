@@ -39,8 +39,8 @@ class Stream:
         channels: dict[str, dict[str, int]] | None = None,
         **overrides: Any,
     ) -> None:
-        """One cycle event as pipeline._finish writes it; ``outcomes`` None: an event of an
-        older release, without the field."""
+        """One cycle event as pacing.cycle.publish._finish writes it; ``outcomes`` None: an
+        event of an older release, without the field."""
         self.seq += 1
         fields: dict[str, Any] = {
             "seq": self.seq,

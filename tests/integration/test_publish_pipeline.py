@@ -1,5 +1,6 @@
-"""The chord body, ``pacing.pipeline.publish_cycle``, driven directly (no Celery): real Redis on a
-leased database, the scripted loopback stub as the engagement platform, a hand-moved clock."""
+"""The chord body, ``pacing.cycle.publish.publish_cycle``, driven directly (no Celery): real
+Redis on a leased database, the scripted loopback stub as the engagement platform, a hand-moved
+clock."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import numpy as np
 import orjson
 import pytest
 
-from pacing import pipeline
 from pacing.clients.engagement import PUBLISH_PATH
 from pacing.cluster.leadership import Role
-from pacing.cycle import IncompleteCycle, ShardRows, merge_shards
+from pacing.cycle import publish as publish_stage  # the module its monkeypatch edits
+from pacing.cycle.audit import forget_audit, load_audit
+from pacing.cycle.merge import IncompleteCycle, merge_shards
+from pacing.cycle.plan import CycleContext
+from pacing.cycle.publish import PUBLISH_RETRY_PAUSE_SECONDS, publish_cycle
+from pacing.cycle.rows import ShardRows
+from pacing.cycle.shard import collect_shards, forget_shards, park_shard
 from pacing.domain import Reason
-from pacing.pipeline import PUBLISH_RETRY_PAUSE_SECONDS, CycleContext
 from pacing.services import Services
 from pacing.settings import load_settings
 from tests.http_stub import HttpStub, RecordedRequest, StubResponse, json_response
@@ -148,7 +153,7 @@ def publish(
     *,
     sleep: Callable[[float], None] | None = None,
 ) -> Any:
-    return pipeline.publish_cycle(
+    return publish_cycle(
         services,
         shard_results(context, budgets),
         context,
@@ -162,7 +167,7 @@ def _no_sleep(seconds: float) -> None:
 
 def stored_json(services: Services, seq: int) -> dict[str, Any] | None:
     """The staged audit record of ``seq``, as JSON (records hold lists or tuples of rows)."""
-    record = pipeline.load_audit(services, seq)
+    record = load_audit(services, seq)
     return None if record is None else record.to_json()
 
 
@@ -231,7 +236,7 @@ def test_the_audit_is_handed_over_before_the_post_and_settled_before_the_feedbac
     def audit_ready(seq: int) -> None:
         seen.append((seq, stored_json(services, seq), len(stub.requests_to(PUBLISH_PATH))))
 
-    real_store = pipeline._store_feedback
+    real_store = publish_stage._store_feedback
 
     def store_feedback(*args: Any, **kwargs: Any) -> None:
         _, feedback, _ = services.state.load(["a"], width=1)
@@ -241,8 +246,8 @@ def test_the_audit_is_handed_over_before_the_post_and_settled_before_the_feedbac
 
     # when
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "_store_feedback", store_feedback)
-        pipeline.publish_cycle(
+        patch.setattr(publish_stage, "_store_feedback", store_feedback)
+        publish_cycle(
             services,
             shard_results(context, BUDGETS),
             context,
@@ -341,8 +346,8 @@ def test_the_audit_record_holds_the_changed_rows_of_a_delta_and_all_rows_of_a_fu
     publish(services, second, {**BUDGETS, "c": 0})
 
     # when
-    full = pipeline.load_audit(services, first.seq)
-    delta = pipeline.load_audit(services, second.seq)
+    full = load_audit(services, first.seq)
+    delta = load_audit(services, second.seq)
 
     # then
     assert full is not None
@@ -559,7 +564,7 @@ def test_an_incomplete_cycle_is_abandoned(services: Services, stub: HttpStub) ->
     results = shard_results(context, BUDGETS)[:1]
 
     # when
-    record = pipeline.publish_cycle(services, results, context, sleep=_no_sleep)
+    record = publish_cycle(services, results, context, sleep=_no_sleep)
 
     # then
     assert record.publish_status == "abandoned"
@@ -579,7 +584,7 @@ def test_a_shard_of_another_cycle_abandons_the_cycle(services: Services, stub: H
     results[1] = {**results[1], "seq": context.seq - 1}
 
     # when
-    record = pipeline.publish_cycle(services, results, context, sleep=_no_sleep)
+    record = publish_cycle(services, results, context, sleep=_no_sleep)
 
     # then
     assert record.publish_status == "abandoned"
@@ -598,8 +603,8 @@ def test_the_audit_record_round_trips_through_redis(services: Services) -> None:
     assert raw is not None
     assert orjson.loads(raw)["seq"] == context.seq
     assert stored_json(services, context.seq) == record.to_json()
-    pipeline.forget_audit(services, context.seq)
-    assert pipeline.load_audit(services, context.seq) is None
+    forget_audit(services, context.seq)
+    assert load_audit(services, context.seq) is None
     assert services.redis.zcard(services.keys.audit_pending) == 0
 
 
@@ -632,12 +637,12 @@ def test_parked_shard_rows_come_back_for_the_merge_and_a_lost_one_is_missing(
     # given: two shards parked, as the chord header tasks leave them
     context = start_cycle(services)
     shards = [ShardRows.from_json(raw) for raw in shard_results(context, BUDGETS)]
-    references = [pipeline.park_shard(services, rows) for rows in shards]
+    references = [park_shard(services, rows) for rows in shards]
 
     # when
-    collected = pipeline.collect_shards(services, [*references, references[0]])  # redelivered
+    collected = collect_shards(services, [*references, references[0]])  # redelivered
     services.redis.delete(services.keys.shard_rows(context.seq, 1))
-    without_second = pipeline.collect_shards(services, references)
+    without_second = collect_shards(services, references)
 
     # then: the references are small; the rows are the shards' own
     assert all(len(orjson.dumps(ref)) < 64 for ref in references)
@@ -646,5 +651,5 @@ def test_parked_shard_rows_come_back_for_the_merge_and_a_lost_one_is_missing(
     assert merged.ids == ["a", "b", "c"]
     with pytest.raises(IncompleteCycle, match=r"missing \[1\]"):
         merge_shards(without_second, seq=context.seq, shard_count=2)
-    pipeline.forget_shards(services, context.seq, 2)
+    forget_shards(services, context.seq, 2)
     assert services.redis.exists(services.keys.shard_rows(context.seq, 0)) == 0

@@ -70,7 +70,7 @@ def test_a_cycle_logs_json_lines_bound_to_its_seq_epoch_and_shard(
     assert all(e["task_id"] for e in entries if "task" in e)
     # ... with exactly one INFO line for the cycle, its outcome and latency
     cycle_lines = [
-        e for e in entries if e["logger"] == "pacing.pipeline" and "cycle" in e["message"]
+        e for e in entries if e["logger"] == "pacing.cycle.publish" and "cycle" in e["message"]
     ]
     assert len(cycle_lines) == 1
     assert cycle_lines[0]["level"] == "INFO"

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from pacing.cli.localstack import LocalStack, import_simulator_targets
-from pacing.history import repository
+from pacing.history import create_history_engine, last_cycles, leadership_changes
 from pacing.history.migrate import upgrade_to_head
 from pacing.settings import load_settings
 from pacing.simulator import SimulatorConfig, start_simulator
@@ -111,13 +111,13 @@ def test_two_nodes_publish_in_order_with_one_leader_and_complete_history(cluster
         message="the cluster did not publish 12 cycles",
     )
     first_epoch = cluster.published()[-1]["epoch"]
-    engine = repository.create_history_engine(cluster.database_url)
+    engine = create_history_engine(cluster.database_url)
     wait_for(
-        lambda: bool(repository.leadership_changes(engine, 10)),
+        lambda: bool(leadership_changes(engine, 10)),
         timeout=30,
         message="no leadership change was recorded",
     )
-    leader = repository.leadership_changes(engine, 10)[0].node
+    leader = leadership_changes(engine, 10)[0].node
 
     # when: the leader node is killed (worker and beat, SIGKILL) and the cluster goes on
     cluster.kill_node(leader)
@@ -140,12 +140,12 @@ def test_two_nodes_publish_in_order_with_one_leader_and_complete_history(cluster
     assert epochs[-1] > first_epoch
     # ... every published cycle has exactly one cycle row in the history
     wait_for(
-        lambda: {c.seq for c in repository.last_cycles(engine, 10_000)} >= set(seqs),
+        lambda: {c.seq for c in last_cycles(engine, 10_000)} >= set(seqs),
         timeout=60,
         interval=0.5,
         message="published cycles are missing from the history",
     )
-    rows = repository.last_cycles(engine, 10_000)
+    rows = last_cycles(engine, 10_000)
     assert len({c.seq for c in rows}) == len(rows)
     recorded_published = {c.seq for c in rows if c.publish_status == "published"}
     assert recorded_published <= set(seqs)
@@ -154,7 +154,7 @@ def test_two_nodes_publish_in_order_with_one_leader_and_complete_history(cluster
     for c in rows:
         nodes_per_epoch.setdefault(c.epoch, set()).add(c.node)
     assert all(len(nodes) == 1 for nodes in nodes_per_epoch.values())
-    changes = sorted(repository.leadership_changes(engine, 100), key=lambda ch: ch.epoch)
+    changes = sorted(leadership_changes(engine, 100), key=lambda ch: ch.epoch)
     assert changes[-1].node != leader
     for earlier, later in itertools.pairwise(changes):
         assert earlier.released_at is not None

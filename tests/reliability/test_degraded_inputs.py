@@ -16,8 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pacing import pipeline
 from pacing.clients.engagement import PUBLISH_PATH
+from pacing.cycle.plan import CycleContext
+from pacing.cycle.publish import publish_cycle
+from pacing.cycle.shard import failed_shard, pace_shard
+from pacing.cycle.split import ShardTargets
 from pacing.domain import Algorithm, Reason, TargetConfig
 from pacing.services import Services
 from pacing.settings import load_settings
@@ -111,7 +114,7 @@ def start_cycle(services: Services, clock: Clock, *, new_leader: bool | None = N
         lease_ttl_seconds=services.settings.lease_ttl,
         deadline_seconds=services.settings.cycle_deadline,
     )
-    return pipeline.CycleContext(
+    return CycleContext(
         seq=outcome.seq,
         epoch=outcome.epoch,
         node="node-a",
@@ -129,9 +132,7 @@ def targets(simulator: RunningSimulator) -> list[TargetConfig]:
 
 
 def pace(services: Services, configs: list[TargetConfig], seq: int) -> Any:
-    return pipeline.pace_shard(
-        services, seq=seq, shard=0, targets=pipeline.ShardTargets.of(configs)
-    )
+    return pace_shard(services, seq=seq, shard=0, targets=ShardTargets.of(configs))
 
 
 # --- both Stat Servers down -------------------------------------------------------------------
@@ -214,7 +215,7 @@ def test_after_a_failed_publish_the_next_publish_is_a_full_snapshot(
     def cycle(budget: int) -> Any:
         context = start_cycle(services, clock)
         rows = dataclasses.replace(
-            pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"], ["b", "chat"]]),
+            failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"], ["b", "chat"]]),
             budget=[budget, 0],
             reason=[int(Reason.OK)] * 2,
         )
@@ -222,7 +223,7 @@ def test_after_a_failed_publish_the_next_publish_is_a_full_snapshot(
         def sleep(seconds: float) -> None:
             clock.now += seconds
 
-        return pipeline.publish_cycle(services, [rows.to_json()], context, sleep=sleep)
+        return publish_cycle(services, [rows.to_json()], context, sleep=sleep)
 
     assert cycle(1).payload_kind == "full"
 
@@ -258,10 +259,10 @@ def test_a_receiver_ahead_of_the_seq_counter_makes_the_counter_jump_past_it(
         json_response({"error": "stale_seq", "last_seq": 500}, status=409),
     )
     context = start_cycle(services, clock, new_leader=True)
-    rows = pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
+    rows = failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
 
     # when
-    record = pipeline.publish_cycle(services, [rows.to_json()], context)
+    record = publish_cycle(services, [rows.to_json()], context)
 
     # then: this cycle is refused, but the next one is numbered past the receiver's seq
     assert record.publish_status == "stale_seq"
@@ -303,12 +304,10 @@ def test_a_publish_retry_stops_once_another_node_took_the_lease(
         )
         assert taken.epoch > context.epoch
 
-    rows = pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
+    rows = failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
 
     # when
-    record = pipeline.publish_cycle(
-        services, [rows.to_json()], context, sleep=sleep_while_node_a_is_deposed
-    )
+    record = publish_cycle(services, [rows.to_json()], context, sleep=sleep_while_node_a_is_deposed)
 
     # then: one attempt, no retry from the deposed leader
     assert record.publish_status == "fenced"
@@ -333,13 +332,13 @@ def test_a_publish_left_unanswered_is_kept_in_the_history_as_in_doubt(
     services = Services(settings, clock=clock)
     try:
         context = start_cycle(services, clock, new_leader=True)
-        rows = pipeline.failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
+        rows = failed_shard(seq=context.seq, shard=0, rows=[["a", "chat"]])
 
         def sleep(seconds: float) -> None:
             clock.now += 1.0
 
         # when
-        record = pipeline.publish_cycle(services, [rows.to_json()], context, sleep=sleep)
+        record = publish_cycle(services, [rows.to_json()], context, sleep=sleep)
 
         # then: the history keeps what the receiver may hold, and the next publish is full
         assert record.publish_status == "in_doubt"

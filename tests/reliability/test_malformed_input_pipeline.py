@@ -2,9 +2,9 @@
 target and a publish ends in a recorded status; neither raises (a raise would crash the task).
 
 The parsers themselves get thousands of bodies in tests/unit/test_parsers_fuzz.py; here the
-generated answers go through :func:`pacing.pipeline.pace_shard` and
-:func:`pacing.pipeline.publish_cycle` as the tasks call them, with real Redis (leased database)
-and the scripted loopback stub as Stat Server and engagement platform.
+generated answers go through :func:`pacing.cycle.shard.pace_shard` and
+:func:`pacing.cycle.publish.publish_cycle` as the tasks call them, with real Redis (leased
+database) and the scripted loopback stub as Stat Server and engagement platform.
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pacing import pipeline
 from pacing.clients.engagement import PUBLISH_PATH
 from pacing.clients.stat_server import QUERY_PATH
+from pacing.cycle.audit import load_audit
+from pacing.cycle.plan import CycleContext
+from pacing.cycle.publish import publish_cycle
+from pacing.cycle.shard import failed_shard, pace_shard
+from pacing.cycle.split import ShardTargets, split_into_shards
 from pacing.domain import Algorithm, Reason, TargetConfig
 from pacing.services import Services
 from pacing.settings import load_settings
@@ -178,7 +182,7 @@ def test_a_shard_answers_every_target_whatever_the_stat_server_sends(
 ) -> None:
     stub[1].answer = answer
 
-    rows = pipeline.pace_shard(services, seq=1, shard=0, targets=pipeline.ShardTargets.of(CONFIGS))
+    rows = pace_shard(services, seq=1, shard=0, targets=ShardTargets.of(CONFIGS))
 
     assert rows.ids == IDS
     assert all(isinstance(b, int) and b >= 0 for b in rows.budget)
@@ -201,7 +205,7 @@ def test_a_publish_ends_in_a_recorded_status_whatever_the_receiver_sends(
     outcome = services.leadership.tick(
         node="fuzz", lease_ttl_seconds=30, deadline_seconds=services.settings.cycle_deadline
     )
-    context = pipeline.CycleContext(
+    context = CycleContext(
         seq=outcome.seq,
         epoch=outcome.epoch,
         node="fuzz",
@@ -209,13 +213,11 @@ def test_a_publish_ends_in_a_recorded_status_whatever_the_receiver_sends(
         shard_count=1,
         new_leader=outcome.new_leader,
     )
-    rows = pipeline.failed_shard(
-        seq=context.seq, shard=0, rows=pipeline.split_into_shards(CONFIGS, len(CONFIGS))[0]
-    )
+    rows = failed_shard(seq=context.seq, shard=0, rows=split_into_shards(CONFIGS, len(CONFIGS))[0])
 
-    record: Any = pipeline.publish_cycle(services, [rows.to_json()], context, sleep=clock.sleep)
+    record: Any = publish_cycle(services, [rows.to_json()], context, sleep=clock.sleep)
 
     assert record.seq == context.seq
     assert record.publish_status in FINAL_STATUSES
     assert "fuzz-token" not in (record.error or "")
-    assert pipeline.load_audit(services, context.seq) is not None
+    assert load_audit(services, context.seq) is not None

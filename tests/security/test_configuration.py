@@ -24,7 +24,7 @@ from celery import Celery
 from click.testing import CliRunner
 
 from pacing.cli import main
-from pacing.history import repository
+from pacing.history import create_history_engine, last_cycles, safe_url, target_history
 from pacing.settings import load_settings
 from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
 from tests.support import free_port, wait_for
@@ -259,7 +259,7 @@ def test_a_postgres_url_keeps_its_password_and_sslmode_but_never_shows_the_passw
     settings = load_settings({"database_url": url})
 
     # when
-    engine = repository.create_history_engine(url)
+    engine = create_history_engine(url)
 
     # then
     assert engine.url.query["sslmode"] == "verify-full"
@@ -267,7 +267,7 @@ def test_a_postgres_url_keeps_its_password_and_sslmode_but_never_shows_the_passw
     assert SECRET not in str(engine.url)
     assert SECRET not in repr(engine)
     assert SECRET not in str(settings.redacted())
-    assert SECRET not in repository.safe_url(url)
+    assert SECRET not in safe_url(url)
     engine.dispose()
 
 
@@ -374,17 +374,15 @@ def test_a_targets_file_with_a_hostile_id_is_refused_as_a_whole(
 
 def test_a_hostile_id_in_a_history_query_is_only_ever_a_value(history: str) -> None:
     # given: the repository called directly, below the CLI's validation
-    engine = repository.create_history_engine(history)
+    engine = create_history_engine(history)
 
     # when: an id that would widen the query if it were pasted into SQL
     from datetime import UTC, datetime, timedelta
 
     now = datetime.now(UTC)
-    points = repository.target_history(
-        engine, "x' OR '1'='1", since=now - timedelta(days=1), until=now
-    )
+    points = target_history(engine, "x' OR '1'='1", since=now - timedelta(days=1), until=now)
 
     # then: it matches nothing, and the tables are intact
     assert list(points) == []
-    assert repository.last_cycles(engine, 10) == []
+    assert last_cycles(engine, 10) == []
     engine.dispose()

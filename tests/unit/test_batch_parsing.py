@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacing.clients.engagement import (
+from pacing.clients.engagement_payload import (
     _feedback_per_entry,
     parse_feedback_rows,
     parse_publish_response,

@@ -1,5 +1,5 @@
 """The shard's per-channel sums of the Stat Server's answered and abandoned interactions
-(``pacing.cycle.interaction_outcomes``), their merge across shards, and the cold-start count of
+(``pacing.cycle.rows.interaction_outcomes``), their merge across shards, and the cold-start count of
 the channel sums: what the exporter's abandonment per channel is made of."""
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pacing import algorithms
-from pacing.cycle import (
-    OUTCOME_FIELDS,
-    ShardRows,
-    channel_sums,
-    interaction_outcomes,
-    merge_shards,
-)
+from pacing.cycle.merge import merge_shards
+from pacing.cycle.payload import channel_sums
+from pacing.cycle.rows import OUTCOME_FIELDS, ShardRows, interaction_outcomes
+from pacing.cycle.shard import shard_outcomes
+from pacing.cycle.split import ShardTargets
 from pacing.domain import Objective, Reason, TargetConfig
-from pacing.pipeline import ShardTargets, shard_outcomes
 
 NAN = math.nan
 SEQ = 7

@@ -16,9 +16,15 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pacing.cli import main, parse_when
-from pacing.history import repository
-from pacing.history.repository import ChannelTotal, CycleRecord, DecisionRow
+from pacing.cli import main
+from pacing.cli.history import parse_when
+from pacing.history import (
+    ChannelTotal,
+    CycleRecord,
+    DecisionRow,
+    create_history_engine,
+    record_cycle,
+)
 
 
 @pytest.fixture
@@ -347,10 +353,10 @@ def history(migrated: str) -> datetime:
         cycle(4, start + timedelta(minutes=3), [("t1", 5, "ok"), ("t2", 1, "ok")], "full"),
         cycle(5, start + timedelta(minutes=4), [("t1", 0, "no_agents")], "delta"),
     ]
-    engine = repository.create_history_engine(migrated)
+    engine = create_history_engine(migrated)
     try:
         for record in records:
-            assert repository.record_cycle(engine, record)
+            assert record_cycle(engine, record)
     finally:
         engine.dispose()
     return start

@@ -18,9 +18,16 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from pacing.cli import LazyGroup, main
-from pacing.history import repository
-from pacing.history.repository import ChannelTotal, CycleRecord, DecisionRow
+from pacing.cli import main
+from pacing.cli.group import LazyGroup
+from pacing.history import (
+    ChannelTotal,
+    CycleRecord,
+    DecisionRow,
+    create_history_engine,
+    record_cycle,
+    record_leadership_change,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -285,13 +292,13 @@ def history(migrated: str) -> datetime:
         (5, 1.0, "ok"),
         (2, 0.9, "ok"),
     ]
-    engine = repository.create_history_engine(migrated)
+    engine = create_history_engine(migrated)
     try:
         for seq, (budget, reactive, reason) in enumerate(steps, start=1):
-            repository.record_cycle(
+            record_cycle(
                 engine, record(seq, start + timedelta(minutes=seq - 1), budget, reactive, reason)
             )
-        repository.record_leadership_change(
+        record_leadership_change(
             engine,
             epoch=1,
             node="node-a",
@@ -299,7 +306,7 @@ def history(migrated: str) -> datetime:
             previous_node=None,
             previous_epoch=None,
         )
-        repository.record_leadership_change(
+        record_leadership_change(
             engine,
             epoch=2,
             node="node-b",
@@ -436,14 +443,14 @@ def test_cycles_show_the_latency_from_tick_to_publish(runner: CliRunner, history
 def test_cycles_show_when_the_audit_was_recorded(runner: CliRunner, migrated: str) -> None:
     # given a cycle recorded 1.2 s after its tick, and one from before recorded_at existed
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-    engine = repository.create_history_engine(migrated)
+    engine = create_history_engine(migrated)
     try:
-        repository.record_cycle(
+        record_cycle(
             engine,
             record(1, start, 3, 1.0, "ok"),
             clock=(start + timedelta(milliseconds=1200)).timestamp,
         )
-        repository.record_cycle(engine, record(2, start + timedelta(minutes=1), 4, 1.0, "ok"))
+        record_cycle(engine, record(2, start + timedelta(minutes=1), 4, 1.0, "ok"))
         with engine.begin() as connection:
             connection.execute(text("UPDATE cycles SET recorded_at = NULL WHERE seq = 2"))
     finally:

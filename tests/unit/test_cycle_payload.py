@@ -9,20 +9,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pacing.cycle import (
-    IncompleteCycle,
-    MergedCycle,
-    ShardRows,
+from pacing.cycle.merge import IncompleteCycle, MergedCycle, merge_shards
+from pacing.cycle.payload import (
     Snapshot,
     build_payload,
     can_send_delta,
     changed_since,
     channel_sums,
-    effective_shard_size,
-    merge_shards,
-    optional_ints,
     reason_label,
 )
+from pacing.cycle.rows import ShardRows, optional_ints
+from pacing.cycle.split import effective_shard_size
 from pacing.domain import Reason
 
 SEQ = 42
@@ -490,8 +487,8 @@ def test_shards_grow_past_max_shards(
 
 
 def test_presolved_goals_are_the_targets_distinct_goals_most_common_first() -> None:
+    from pacing.cycle.presolve import PRESOLVE_MAX_GOALS, operating_point_goals
     from pacing.domain import Objective, TargetConfig
-    from pacing.pipeline import PRESOLVE_MAX_GOALS, operating_point_goals
 
     # given
     targets = [

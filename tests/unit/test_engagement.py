@@ -21,9 +21,8 @@ from pacing.clients.engagement import (
     EngagementClient,
     OAuth2ClientCredentials,
     PublishAck,
-    encode_payload,
-    parse_publish_response,
 )
+from pacing.clients.engagement_payload import encode_payload, parse_publish_response
 from pacing.domain import OfferFeedback
 from pacing.errors import (
     ConfigurationError,

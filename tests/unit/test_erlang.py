@@ -14,13 +14,9 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp
 
 from pacing.algorithms import _erlang as erlang_module
-from pacing.algorithms._erlang import (
-    OperatingPoints,
-    erlang_a,
-    log_erlang_b,
-    operating_point,
-    solve_operating_load,
-)
+from pacing.algorithms import _operating_points as operating_points_module
+from pacing.algorithms._erlang import erlang_a, log_erlang_b, solve_operating_load
+from pacing.algorithms._operating_points import OperatingPoints, operating_point
 
 
 def birth_death(servers: int, load: float, patience_ratio: float) -> tuple[float, float, float]:
@@ -435,7 +431,7 @@ def test_a_lookup_that_fills_the_cache_past_its_limit_still_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # given: a small limit, and a cache holding some of the rows' points and much else
-    monkeypatch.setattr(erlang_module, "_CACHE_LIMIT", 400)
+    monkeypatch.setattr(operating_points_module, "_CACHE_LIMIT", 400)
     servers = np.array([5.0, 30.0, 100.0, 7.0])
     ratio = np.array([0.3, 1.0, 2.0, 0.05])
     goal = np.full(4, 0.05)

@@ -34,7 +34,8 @@ from pacing.history import (
     target_history,
     upsert_targets,
 )
-from pacing.history import repository as history_repository
+from pacing.history import targets as history_targets
+from pacing.history import writing as history_writing
 from pacing.history.migrate import alembic_config, check_drift, current_revision, upgrade_to_head
 from pacing.history.models import ChannelTotalModel, CycleModel, DecisionModel, TargetModel
 from pacing.history.synthetic import fill_synthetic_hour
@@ -242,7 +243,7 @@ def test_cycles_read_back_newest_first_with_aware_utc_times(engine: Engine) -> N
     assert cycles[0].published_at.tzinfo is UTC
     assert cycles[0].publish_ms is None
     assert cycles[0].error is not None
-    assert len(cycles[0].error) == history_repository.MAX_ERROR_LENGTH
+    assert len(cycles[0].error) == history_writing.MAX_ERROR_LENGTH
 
 
 def test_naive_datetimes_are_refused(engine: Engine) -> None:
@@ -397,7 +398,7 @@ def test_recorded_at_is_taken_after_the_decision_rows_are_written(
 ) -> None:
     # given a log of what record_cycle does, in order
     events: list[str] = []
-    write_rows = history_repository._executemany_decisions
+    write_rows = history_writing._executemany_decisions
 
     def logged_write(*args: object) -> None:
         write_rows(*args)  # type: ignore[arg-type]
@@ -407,7 +408,7 @@ def test_recorded_at_is_taken_after_the_decision_rows_are_written(
         events.append("clock")
         return at(2).timestamp()
 
-    monkeypatch.setattr(history_repository, "_executemany_decisions", logged_write)
+    monkeypatch.setattr(history_writing, "_executemany_decisions", logged_write)
 
     # when
     record_cycle(engine, cycle(1, decisions=[decision("g1", 3)]), clock=clock)
@@ -656,7 +657,7 @@ def test_upsert_targets_rolls_back_when_the_database_refuses_a_row(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given the Python validation switched off, so the CHECK constraint is what refuses the row
-    monkeypatch.setattr(history_repository, "_validate_target", lambda target: None)
+    monkeypatch.setattr(history_targets, "_validate_target", lambda target: None)
     targets = [TargetConfig("good"), TargetConfig("bad", goal_percent=150)]
 
     # when / then
@@ -702,7 +703,7 @@ def test_purge_history_deletes_old_cycles_in_batches(
         )
 
     # when cycles before minute 8 (seq 1–7) are purged 2 at a time
-    with caplog.at_level(logging.INFO, logger="pacing.history.repository"):
+    with caplog.at_level(logging.INFO, logger="pacing.history.maintenance"):
         deleted = purge_history(engine, older_than=at(8), batch_size=2)
 
     # then

@@ -21,8 +21,8 @@ from pacing.clients.engagement import (
     BearerToken,
     EngagementClient,
     PublishAck,
-    parse_publish_response,
 )
+from pacing.clients.engagement_payload import parse_publish_response
 from pacing.clients.stat_server import QUERY_PATH, StatServerClient, parse_statistics_response
 from pacing.domain import OfferFeedback, Reason, StatisticsError, TargetStatistics
 from pacing.errors import InvalidResponse, PacingError, StatServerUnavailable

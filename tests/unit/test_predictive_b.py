@@ -18,7 +18,7 @@ from pacing.algorithms import (
     cold_state,
     pace,
 )
-from pacing.algorithms._erlang import operating_point
+from pacing.algorithms._operating_points import operating_point
 from pacing.domain import Algorithm, Objective, Reason, TargetConfig
 
 NOW = 1_750_000_000.0

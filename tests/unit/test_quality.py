@@ -20,7 +20,8 @@ from pacing.quality import (
     window,
     windows,
 )
-from pacing.simulator.world import World, generate_targets
+from pacing.simulator.targets import generate_targets
+from pacing.simulator.world import World
 
 GOAL = 0.03
 

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from pacing.domain import is_valid_target_id
-from pacing.simulator.world import STALE_AGE_SECONDS, TargetSpec, World, generate_targets
+from pacing.simulator.targets import TargetSpec, generate_targets
+from pacing.simulator.world import World
+from pacing.simulator.world_views import STALE_AGE_SECONDS
 
 START = 1_800_000_000.0
 PERIOD = 2.0

@@ -78,7 +78,7 @@ def test_serialisation_is_json_only(app: Any) -> None:
 
 def test_results_expire_in_minutes_not_a_day(app: Any) -> None:
     # given
-    from tasks.app import settings
+    from tasks.services import settings
 
     # when
     expires = app.conf.result_expires
@@ -90,7 +90,7 @@ def test_results_expire_in_minutes_not_a_day(app: Any) -> None:
 
 def test_the_beat_schedule_ticks_refresh_every_period_with_the_node_name(app: Any) -> None:
     # given
-    from tasks.app import settings
+    from tasks.services import settings
 
     # when
     entry = app.conf.beat_schedule["pacing-refresh"]
@@ -157,7 +157,7 @@ def test_celery_does_not_hijack_the_root_logger(app: Any) -> None:
 def test_the_pacing_package_never_imports_celery() -> None:
     # given a fresh interpreter
     code = (
-        "import pacing.cli, pacing.pipeline, pacing.services; import sys; "
+        "import pacing.cli, pacing.cycle.in_process, pacing.services; import sys; "
         "assert 'celery' not in sys.modules, 'celery was imported'"
     )
 

@@ -2,7 +2,7 @@
 
 Celery workers are many processes on many hosts, so no worker serves metrics itself (that would
 need prometheus_client's multiprocess mode per host and still miss the cluster-wide figures).
-Instead every cycle appends one event to the ``cycle_events`` stream (:mod:`pacing.pipeline`)
+Instead every cycle appends one event to the ``cycle_events`` stream (:mod:`pacing.cycle.publish`)
 and one long-running exporter turns the stream into histograms and counters, plus the cluster
 state (:func:`pacing.cluster.status.cluster_status`) read at scrape time, so ages are computed when
 Prometheus asks.
@@ -16,34 +16,30 @@ Per channel, the abandonment over the last 15 minutes is computed here, at scrap
 events whose cycles started in those 15 minutes (by the cycles' own timestamps), so a restarted
 exporter reports the whole window at its first scrape: the replay holds it.
 
-Metric names (all prefixed ``pacing_``) are documented in docs/operators-monitoring.md.
+Metric names (all prefixed ``pacing_``) are documented in docs/operators-monitoring.md. The
+HTTP server that answers the scrapes is :mod:`pacing.metrics.server`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import hmac
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from socketserver import ThreadingMixIn
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, cast
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
 import redis
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pacing.cluster.keys import Keys
 from pacing.cluster.status import cluster_status
-from pacing.cycle import OUTCOME_FIELDS
+from pacing.cycle.rows import OUTCOME_FIELDS
 
-__all__ = ["STAGES", "PacingCollector", "basic_auth", "serve_metrics"]
+__all__ = ["STAGES", "PacingCollector"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +63,6 @@ class _WindowEntry:
 
     at: float  # the cycle's start, Unix seconds
     channels: dict[str, tuple[float, float, float]]
-
-
-_WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class PacingCollector(Collector):
@@ -429,7 +422,7 @@ def _decode(fields: Mapping[bytes, bytes]) -> dict[str, str]:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Outcome:
-    """One channel's interactions in one cycle (pacing.cycle.interaction_outcomes)."""
+    """One channel's interactions in one cycle (pacing.cycle.rows.interaction_outcomes)."""
 
     goal_answered: float
     goal_abandoned: float
@@ -458,66 +451,3 @@ def _outcomes(event: Mapping[str, str]) -> dict[str, _Outcome]:
             raise ValueError("negative or non-finite interaction counts")
         decoded[str(channel)] = outcome
     return decoded
-
-
-# --- serving -----------------------------------------------------------------------------
-
-
-def basic_auth(app: _WSGIApp, credentials: str | None) -> _WSGIApp:
-    """Wrap ``app`` so it answers 401 unless the request carries ``credentials`` (user:pass)."""
-    if credentials is None:
-        return app
-    expected = credentials.encode()
-
-    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        header = environ.get("HTTP_AUTHORIZATION", "")
-        scheme, _, encoded = header.partition(" ")
-        try:
-            given = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            given = b""
-        if scheme.lower() == "basic" and hmac.compare_digest(given, expected):
-            return app(environ, start_response)
-        start_response(
-            "401 Unauthorized",
-            [("WWW-Authenticate", 'Basic realm="pacing metrics"'), ("Content-Type", "text/plain")],
-        )
-        return [b"Authentication required.\n"]
-
-    return guarded
-
-
-def _routes(metrics: _WSGIApp) -> _WSGIApp:
-    def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if path == "/metrics":
-            return metrics(environ, start_response)
-        if path == "/healthz":  # liveness of the exporter only; says nothing about the cluster
-            start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"ok\n"]
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"Not found; metrics are at /metrics.\n"]
-
-    return route
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a hung scrape must not keep the process alive on Ctrl-C
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """One line per scrape would drown the service's own log."""
-
-
-def serve_metrics(
-    collector: PacingCollector, *, address: str, port: int, credentials: str | None
-) -> WSGIServer:
-    """An HTTP server for ``/metrics`` (basic auth if ``credentials``) and ``/healthz``.
-
-    The caller runs ``serve_forever()`` (and ``shutdown()`` from another thread to stop it).
-    """
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    app = _routes(basic_auth(make_wsgi_app(registry), credentials))
-    return make_server(address, port, app, server_class=_Server, handler_class=_QuietHandler)
