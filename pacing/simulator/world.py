@@ -15,7 +15,7 @@ The world answers with Stat Server rows (docs/contracts.md §1), engagement feed
 and the true abandonment rate and occupancy the pacing service is trying to control.
 
 This module is :class:`World` itself: one step of the dynamics, the publishes it takes and the
-changes the evaluation makes, and the names a user of the world needs. Beneath it are
+changes the evaluation makes. Beneath it are
 :mod:`pacing.simulator.targets` (the specs a world is built from),
 :mod:`pacing.simulator.world_state` (the arrays and the clock) and
 :mod:`pacing.simulator.world_views` (the Stat Server rows, counters and metrics it reports).
