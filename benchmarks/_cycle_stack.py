@@ -19,6 +19,7 @@ import orjson
 import psycopg
 
 from benchmarks._stack import NODE, PERIOD_SECONDS, BenchStack
+from pacing.cluster.connection import SOCKET_TIMEOUT_SECONDS
 from pacing.cycle.in_process import run_cycle_in_process
 from pacing.services import Services
 
@@ -28,6 +29,9 @@ EVENT_TIMEOUT_SECONDS = 25.0
 #: The audit task retries with backoff (1 + 2 + 4 + 8 s) when the database refuses a write.
 RECORD_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.005  # how often the history is asked whether the audit row is committed
+#: The longest single XREAD wait: the service's Redis client (the stack's) gives up on a reply
+#: after SOCKET_TIMEOUT_SECONDS, so a longer wait is cut into several.
+XREAD_BLOCK_SECONDS = SOCKET_TIMEOUT_SECONDS / 2
 STAGES = (
     "dispatch_ms",
     "shards_ms",
@@ -130,11 +134,12 @@ class Driver:
         """The first cycle event after stream id ``after`` whose seq is above ``newer_than``."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
+            block = min(left, XREAD_BLOCK_SECONDS)
             answer: Any = self.stack.redis.xread(
-                {self.events_key: after}, count=1, block=max(1, int(left * 1000))
+                {self.events_key: after}, count=1, block=max(1, int(block * 1000))
             )
             if not answer:
-                return None
+                continue
             after, fields = answer[0][1][0]
             event = {key.decode(): value.decode() for key, value in fields.items()}
             if int(event["seq"]) > newer_than:

@@ -1,6 +1,9 @@
 """The cycle benchmark's own stack on loopback (``benchmarks/_cycle_stack.py`` drives it).
 
-* one ``redis-server`` on a free port without persistence: broker, result backend, lease, state;
+* Redis for the broker, result backend, lease and state, without persistence, on free ports:
+  one ``redis-server`` (``--redis plain``, the default), or a master, its replica and three
+  Sentinels (``--redis sentinel``, :class:`pacing.cli.redis_ha.SentinelSet`, the topology of
+  ``pacing up --ha``), which every client then reaches through the Sentinels;
 * a throwaway PostgreSQL database (``pacing_bench_<random>``) on the server named by
   ``PACING_BENCH_POSTGRES_URL``, migrated to head and dropped at the end;
 * the simulator as a subprocess, restarted for each target count on the same port, so the
@@ -41,6 +44,8 @@ from pacing.cli.localstack import (
     redis_server_binary,
     redis_server_command,
 )
+from pacing.cli.redis_ha import SentinelSet
+from pacing.cluster.connection import redis_client
 from pacing.cluster.keys import Keys
 from pacing.settings import ENV_PREFIX, Settings, load_settings
 from tests.reliability.harness import children, free_port
@@ -55,6 +60,9 @@ IDLE_TIMEOUT_SECONDS = 30.0  # a worker still busy after this is stopped anyway
 #: Kept when the cluster state is cleared between target counts: seq and epoch only grow, so
 #: the history's UNIQUE(seq) never sees a number twice and every run starts with a new lease.
 KEPT_KEYS = ("seq", "epoch")
+REDIS_MODES = ("plain", "sentinel")
+SENTINELS = 3
+MASTER_NAME = "bench"
 _LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
 
 
@@ -99,19 +107,31 @@ def _admin(server_url: str) -> psycopg.Connection[Any]:
 
 
 class BenchStack:
-    """redis-server, simulator and Celery worker of one benchmark run; see the module docstring."""
+    """Redis, simulator and Celery worker of one benchmark run; see the module docstring.
 
-    def __init__(self, workdir: Path, *, database_url: str, shard_size: int | None) -> None:
+    ``redis_mode``: ``"plain"`` (one redis-server) or ``"sentinel"`` (:data:`REDIS_MODES`)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        database_url: str,
+        shard_size: int | None,
+        redis_mode: str = "plain",
+    ) -> None:
+        if redis_mode not in REDIS_MODES:
+            raise ValueError(f"redis_mode must be one of {', '.join(REDIS_MODES)}")
         self.workdir = workdir
         self.logs = workdir / "logs"
         self.keys = Keys(KEY_PREFIX)
         self.simulator_port = free_port()
         self.simulator_url = f"http://127.0.0.1:{self.simulator_port}"
-        self.redis_port = free_port()
-        self.broker_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis_mode = redis_mode
+        # plain: the server's port; sentinel: master, replica, then one per Sentinel
+        self.redis_ports = distinct_free_ports(1 if redis_mode == "plain" else 2 + SENTINELS)
         values = {
             "environment": "development",
-            "broker_url": self.broker_url,
+            **self._redis_values(),
             "database_url": database_url,
             "stat_server_primary_url": f"{self.simulator_url}/statserver/primary",
             "stat_server_backup_url": f"{self.simulator_url}/statserver/backup",
@@ -136,22 +156,46 @@ class BenchStack:
         self._workers = LocalStack(self.settings, workdir)
         self.simulator: Process | None = None
         self.worker: Process | None = None
-        self.redis = redis.Redis.from_url(self.broker_url, socket_timeout=30)
+        # the service's own client, as the workers make it: through the Sentinels in that mode
+        self.redis: redis.Redis = redis_client(self.settings)
         self.app: Any = None
+
+    def _redis_values(self) -> dict[str, str]:
+        """The settings that point every process at this run's Redis (the settings refuse a
+        broker URL beside Sentinels)."""
+        if self.redis_mode == "plain":
+            return {"broker_url": f"redis://127.0.0.1:{self.redis_ports[0]}/0"}
+        sentinels = ",".join(f"127.0.0.1:{port}" for port in self.redis_ports[2:])
+        return {"redis_sentinels": sentinels, "redis_master_name": MASTER_NAME}
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start redis-server and connect the Celery client that sends the ticks."""
+        """Start Redis (one server, or the Sentinel set) and connect the Celery client that
+        sends the ticks."""
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("redis-server was not found; install it to run the benchmark.")
-        data = self.workdir / "redis"
-        data.mkdir(parents=True, exist_ok=True)
-        server = self._servers.spawn(
-            "redis", redis_server_command(binary, port=self.redis_port, data_dir=data), self.env
-        )
-        self._wait(lambda: redis_answers(self.broker_url), server, "redis-server")
+        if self.redis_mode == "sentinel":
+            # returns once the replica is in sync and every Sentinel knows the others;
+            # LocalStack.stop stops it after the processes
+            master, replica, *sentinels = self.redis_ports
+            self._servers.redis_ha = SentinelSet.start(
+                self.workdir / "redis-ha",
+                master_port=master,
+                replica_port=replica,
+                sentinel_ports=sentinels,
+                master_name=MASTER_NAME,
+                binary=binary,
+            )
+        else:
+            data = self.workdir / "redis"
+            data.mkdir(parents=True, exist_ok=True)
+            port = self.redis_ports[0]
+            server = self._servers.spawn(
+                "redis", redis_server_command(binary, port=port, data_dir=data), self.env
+            )
+            self._wait(lambda: redis_answers(self.settings.broker_url), server, "redis-server")
         self.app = self._celery_client()
 
     @staticmethod
@@ -162,7 +206,7 @@ class BenchStack:
         return app
 
     def close(self) -> None:
-        """Stop the worker, the simulator and redis-server (in that order) and wait for them."""
+        """Stop the worker, the simulator and Redis (in that order) and wait for them."""
         self.stop_workers()
         self.stop_simulator()
         if self.app is not None:
@@ -295,6 +339,16 @@ class BenchStack:
         return peaks
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on loopback (the kernel may hand one out twice in a row)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def _vm_hwm_mb(pid: int) -> float | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -334,11 +388,15 @@ def describe_machine(stack: BenchStack, history: psycopg.Connection[Any]) -> dic
         "kernel": platform.release(),
         "python": platform.python_version(),
         "postgresql": _first_value(server_version),
-        "redis": stack.redis.info("server")["redis_version"],
+        "redis": stack.redis.info("server")["redis_version"] + _topology(stack.redis_mode),
         "celery": celery.__version__,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "code": code_version(),
     }
+
+
+def _topology(redis_mode: str) -> str:
+    return " via Sentinel (master, replica, 3 Sentinels)" if redis_mode == "sentinel" else ""
 
 
 def _first_value(row: Any) -> Any:

@@ -3,12 +3,15 @@
     python benchmarks/cycle.py [--targets 1000,10000,100000] [--workers 2] [--cycles 20]
                                [--cycles-large 6] [--warmup 10] [--shard-size N] [--json FILE]
                                [--skip-scaling] [--skip-history] [--quick]
+                               [--redis {plain,sentinel}]
 
-It starts its own stack on loopback (benchmarks/_stack.py): redis-server, a throwaway PostgreSQL
-database, the simulator with N targets and one ``celery worker`` whose prefork pool has
-``--workers`` processes. There is no celery beat: the benchmark sends ``pacing.refresh`` itself,
-one cycle at a time, each a refresh period (2 s) after the previous one started, or as soon as
-the previous one is recorded if it took longer. For each target count it measures:
+It starts its own stack on loopback (benchmarks/_stack.py): redis-server (``--redis sentinel``:
+a master, its replica and three Sentinels, every client finding the master through them, as
+``pacing up --ha`` runs it), a throwaway PostgreSQL database, the simulator with N targets and
+one ``celery worker`` whose prefork pool has ``--workers`` processes. There is no celery beat:
+the benchmark sends ``pacing.refresh`` itself, one cycle at a time, each a refresh period (2 s)
+after the previous one started, or as soon as the previous one is recorded if it took longer.
+For each target count it measures:
 
 * end-to-end latency: ``cycles.recorded_at - cycles.started_at`` in the history, from the tick
   (before the lease) to the commit of the audit row; median and p95 of the measured cycles
@@ -78,6 +81,7 @@ from benchmarks._stack import (
     DEFAULT_POSTGRES_URL,
     PERIOD_SECONDS,
     POSTGRES_URL_VARIABLE,
+    REDIS_MODES,
     BenchStack,
     ThrowawayDatabase,
     describe_machine,
@@ -111,6 +115,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the report here (default: var/bench/)")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-history", action="store_true")
+    parser.add_argument(
+        "--redis",
+        choices=REDIS_MODES,
+        default="plain",
+        help="one redis-server, or a master, replica and 3 Sentinels (benchmarks/sentinel.py "
+        "compares the two)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 1,000 targets, 4 cycles, 2 warm-up"
     )
@@ -166,7 +177,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         database = ThrowawayDatabase.create(server_url, name)
         cleanup.callback(database.drop)
         upgrade_to_head(database.url)
-        stack = BenchStack(workdir, database_url=database.url, shard_size=args.shard_size)
+        stack = BenchStack(
+            workdir, database_url=database.url, shard_size=args.shard_size, redis_mode=args.redis
+        )
         cleanup.callback(stack.close)
         stack.start()
         history = psycopg.connect(database.conninfo, autocommit=True, row_factory=dict_row)
@@ -206,6 +219,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "machine": machine,
         "run": {
             "workers": args.workers,
+            "redis": args.redis,
             "shard_size": stack.settings.shard_size,
             "max_shards": stack.settings.max_shards,
             "refresh_period_seconds": PERIOD_SECONDS,

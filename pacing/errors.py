@@ -73,3 +73,15 @@ class StaleSequence(EngagementRejected):
     def __init__(self, message: str, *, status_code: int, last_seq: int | None) -> None:
         super().__init__(message, status_code=status_code)
         self.last_seq = last_seq
+
+
+class StaleEpoch(EngagementRejected):
+    """409: the receiver holds a newer leadership term (a larger ``epoch``, or this epoch from
+    another leader): this cycle's term has ended, whatever Redis says."""
+
+    def __init__(
+        self, message: str, *, status_code: int, last_seq: int | None, last_epoch: int | None
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.last_seq = last_seq
+        self.last_epoch = last_epoch

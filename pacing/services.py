@@ -26,6 +26,8 @@ from sqlalchemy.engine import Engine
 from pacing.algorithms import OPERATING_POINTS
 from pacing.clients.engagement import BearerToken, EngagementClient, OAuth2ClientCredentials
 from pacing.clients.stat_server import StatServerClient
+from pacing.cluster.connection import redis_client as settings_redis_client
+from pacing.cluster.connection import redis_client_for_url
 from pacing.cluster.keys import Keys
 from pacing.cluster.leadership import Leadership
 from pacing.cluster.state import SharedOperatingPoints, StateStore
@@ -46,14 +48,10 @@ TARGETS_CACHE_SECONDS = 10.0  # a target enabled with the CLI starts being paced
 
 
 def redis_client(url: str) -> redis.Redis:
-    """A Redis client with timeouts shorter than a cycle and dead-socket detection."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=5.0,
-        socket_connect_timeout=2.0,
-        health_check_interval=10,
-        retry_on_timeout=True,
-    )
+    """A client of the Redis at ``url`` with timeouts shorter than a cycle and dead-socket
+    detection; the service's own client comes from the settings
+    (:func:`pacing.cluster.connection.redis_client`, which also knows Sentinel mode)."""
+    return redis_client_for_url(url)
 
 
 def http_session(pool_size: int = 16) -> requests.Session:
@@ -90,7 +88,7 @@ class Services:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis_client(self.settings.effective_redis_url)
+        return settings_redis_client(self.settings)
 
     @cached_property
     def leadership(self) -> Leadership:

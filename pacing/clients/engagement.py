@@ -45,6 +45,7 @@ from pacing.errors import (
     EngagementRejected,
     EngagementUnavailable,
     InvalidResponse,
+    StaleEpoch,
     StaleSequence,
 )
 
@@ -65,7 +66,8 @@ PUBLISH_PATH: Final = "/v1/pacing"
 DEFAULT_MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
 #: A token response is a few hundred bytes; anything near this is not a token endpoint.
 _MAX_TOKEN_RESPONSE_BYTES: Final = 64 * 1024
-#: Error bodies are one short JSON object; only ``error`` and ``last_seq`` are read from them.
+#: Error bodies are one short JSON object; only ``error``, ``last_seq`` and ``last_epoch`` are
+#: read from them.
 _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
 #: RFC 6750 b64token. Anything else could smuggle header syntax, and requests would echo the
 #: offending value (the secret) in its InvalidHeader message.
@@ -372,7 +374,7 @@ class EngagementClient:
         raise self._error_for(status, raw, seq=seq, url=url)
 
     def _error_for(self, status: int, raw: bytes, *, seq: int, url: str) -> Exception:
-        error, last_seq = _error_fields(raw)
+        error, last_seq, last_epoch = _error_fields(raw)
         if status >= 500 or status == 429:
             # 429 is a refusal "for now": retrying within the cycle deadline may succeed.
             return EngagementUnavailable(
@@ -401,6 +403,15 @@ class EngagementClient:
                 status_code=status,
                 last_seq=last_seq,
             )
+        if status == 409 and error == "stale_epoch":
+            holds = f"epoch {last_epoch}" if last_epoch is not None else "a newer term"
+            return StaleEpoch(
+                f"The engagement platform already holds {holds} (seq {last_seq}), a newer "
+                f"leadership term than the one of seq {seq}: this leader's term has ended.",
+                status_code=status,
+                last_seq=last_seq,
+                last_epoch=last_epoch,
+            )
         if 300 <= status < 400:
             return InvalidResponse(
                 f"The engagement platform at {url} answered with a redirect (HTTP {status}); "
@@ -428,22 +439,24 @@ def _accepted_seq(body: object, *, seq: int, url: str) -> int:
     return accepted
 
 
-def _error_fields(raw: bytes) -> tuple[str | None, int | None]:
-    """The ``error`` code (only if short and plain) and ``last_seq`` of an error body, if any."""
+def _error_fields(raw: bytes) -> tuple[str | None, int | None, int | None]:
+    """The ``error`` code (only if short and plain), ``last_seq`` and ``last_epoch`` of an error
+    body, each None when absent or malformed."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None, None
+        return None, None, None
     if not isinstance(body, Mapping):
-        return None, None
+        return None, None, None
     error = body.get("error")
-    last_seq = body.get("last_seq")
     # The code ends up in exception messages and logs; keep remote text short and inert.
     if not isinstance(error, str) or not re.fullmatch(r"[A-Za-z0-9_.\- ]{1,64}", error):
         error = None
-    if isinstance(last_seq, bool) or not isinstance(last_seq, int):
-        last_seq = None
-    return error, last_seq
+    return error, _integer(body.get("last_seq")), _integer(body.get("last_epoch"))
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 # --- HTTP helpers --------------------------------------------------------------------------------

@@ -123,3 +123,9 @@ class Keys:
     def audit_pending(self) -> str:
         """Sorted set of seqs whose audit record is not in the database yet (score: time)."""
         return f"{self.prefix}:audit:pending"
+
+    @property
+    def history_repair(self) -> str:
+        """Sorted set of seqs up to which the history is to be checked for cycles whose audit
+        record a Redis failover lost (score: when, in Unix seconds; pacing.cycle.repair)."""
+        return f"{self.prefix}:history_repair"

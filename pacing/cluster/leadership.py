@@ -53,11 +53,13 @@ return {1, epoch, seq, new_leader, previous}
 """
 
 _CLAIM_PUBLISH = """
--- KEYS: lease, published_seq ; ARGV: epoch, seq
+-- KEYS: lease, published_seq ; ARGV: epoch, seq, node ('' : any node)
 local holder = redis.call('GET', KEYS[1])
 if not holder then return -1 end
 local sep = string.find(holder, ':', 1, true)
 if tonumber(string.sub(holder, 1, sep - 1)) ~= tonumber(ARGV[1]) then return -1 end
+-- after a failover that lost writes another node may hold the lease at the same epoch
+if ARGV[3] ~= '' and string.sub(holder, sep + 1) ~= ARGV[3] then return -1 end
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tonumber(ARGV[2]) <= last then return -2 end
 redis.call('SET', KEYS[2], ARGV[2])
@@ -77,6 +79,25 @@ _RAISE_SEQ_FLOOR = """
 -- KEYS: seq ; ARGV: floor
 if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+_CONCEDE = """
+-- KEYS: lease, epoch, seq ; ARGV: "<epoch>:<node>", epoch floor, seq floor
+-- The receiver holds a newer term (or the same epoch from another leader): Redis lost writes in
+-- a failover. Raise both counters past what the receiver holds and end this term, so that the
+-- next tick takes the lease at an epoch the receiver accepts.
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[3], ARGV[3])
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
   return 1
 end
 return 0
@@ -116,6 +137,7 @@ class Leadership:
         self._claim = client.register_script(_CLAIM_PUBLISH)
         self._finish = client.register_script(_FINISH)
         self._raise_seq_floor = client.register_script(_RAISE_SEQ_FLOOR)
+        self._concede = client.register_script(_CONCEDE)
 
     def tick(self, *, node: str, lease_ttl_seconds: float, deadline_seconds: float) -> TickOutcome:
         """Take or renew ``node``'s lease; if it leads and nothing is in flight, start a cycle."""
@@ -134,20 +156,38 @@ class Leadership:
             other=_text(other),
         )
 
-    def claim_publish(self, *, epoch: int, seq: int) -> FenceVerdict:
-        """Atomically allow cycle ``seq`` of ``epoch`` to publish, at most once and in order."""
+    def claim_publish(self, *, epoch: int, seq: int, node: str = "") -> FenceVerdict:
+        """Atomically allow cycle ``seq`` of ``epoch`` to publish, at most once and in order;
+        with ``node``, only while that node still holds the lease at ``epoch``."""
         keys = self._keys
-        verdict = self._claim(keys=[keys.lease, keys.published_seq], args=[epoch, seq])
+        verdict = self._claim(keys=[keys.lease, keys.published_seq], args=[epoch, seq, node])
         return FenceVerdict(int(verdict))
 
     def finish_cycle(self, *, epoch: int, seq: int) -> None:
         """Clear the in-flight marker if it is still this cycle's, so the next tick may start."""
         self._finish(keys=[self._keys.inflight], args=[f"{epoch}:{seq}"])
 
-    def epoch_is_current(self, epoch: int) -> bool:
-        """True while the lease is held at ``epoch`` (by whichever node took it then)."""
-        holder = _text(self._client.get(self._keys.lease))
-        return holder.partition(":")[0] == str(epoch)
+    def epoch_is_current(self, epoch: int, node: str = "") -> bool:
+        """True while the lease is held at ``epoch`` (by ``node`` if given, else by whichever
+        node took it then)."""
+        held_epoch, _, holder = _text(self._client.get(self._keys.lease)).partition(":")
+        return held_epoch == str(epoch) and (not node or holder == node)
+
+    def concede(self, *, epoch: int, node: str, epoch_floor: int, seq_floor: int) -> bool:
+        """End ``node``'s term at ``epoch`` and make the next term's epoch and seq larger than
+        ``epoch_floor`` and ``seq_floor``, never moving either backwards; True if the lease
+        was this term's and is now free.
+
+        For a receiver that holds a term this cluster lost: a Redis failover dropped the newest
+        epoch (a replica promoted before the write reached it), so a new leader took an epoch
+        the receiver has already seen, or an older one (docs/contracts.md, the fence).
+        """
+        keys = self._keys
+        released = self._concede(
+            keys=[keys.lease, keys.epoch, keys.seq],
+            args=[f"{epoch}:{node}", epoch_floor, seq_floor],
+        )
+        return bool(released)
 
     def raise_seq_floor(self, seq: int) -> bool:
         """Make the next cycle's seq larger than ``seq``; never moves the counter backwards.

@@ -50,11 +50,14 @@ class AuditOutcome:
     error: str | None
     published_at: float | None
     publish_ms: float | None
+    #: the receiver holds this seq from a timeline Redis lost in a failover, with decisions
+    #: this record does not know: the cycle stays ``in_doubt`` without decision rows
+    decisions_unknown: bool = False
 
     def applied_to(self, record: CycleRecord) -> CycleRecord:
         """``record`` with this outcome; a cycle that did not reach the receiver keeps no
         decisions (the receiver does not hold them)."""
-        published = self.status in ("published", "in_doubt")
+        published = self.status in ("published", "in_doubt") and not self.decisions_unknown
         return dataclasses.replace(
             record,
             publish_status=self.status,
@@ -75,6 +78,7 @@ class AuditOutcome:
             "error": self.error,
             "published_at": self.published_at,
             "publish_ms": self.publish_ms,
+            "decisions_unknown": self.decisions_unknown,
         }
 
     @classmethod
@@ -84,6 +88,7 @@ class AuditOutcome:
             error=data.get("error"),
             published_at=data.get("published_at"),
             publish_ms=data.get("publish_ms"),
+            decisions_unknown=bool(data.get("decisions_unknown", False)),
         )
 
 

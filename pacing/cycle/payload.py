@@ -169,8 +169,10 @@ def build_payload(
     channels: Mapping[str, Mapping[str, int]],
     base_seq: int | None,
     include: NDArray[np.bool_] | None,
+    leader: str | None = None,
 ) -> dict[str, Any]:
-    """The body of ``POST /v1/pacing`` (docs/contracts.md §2): full when ``base_seq`` is None."""
+    """The body of ``POST /v1/pacing`` (docs/contracts.md §2): full when ``base_seq`` is None;
+    ``leader`` is the node that holds the lease at ``epoch`` (the receiver fences on both)."""
     rows = range(len(merged.ids)) if include is None else np.flatnonzero(include).tolist()
     budget = merged.budget.tolist()
     reactive = merged.reactive.tolist()
@@ -189,6 +191,7 @@ def build_payload(
     payload: dict[str, Any] = {
         "seq": seq,
         "epoch": epoch,
+        **({"leader": leader} if leader is not None else {}),
         "generated_at": round(generated_at, 3),
         "refresh_period_ms": round(refresh_period_seconds * 1000),
         "kind": "full" if base_seq is None else "delta",

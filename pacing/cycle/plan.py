@@ -16,6 +16,7 @@ import orjson
 
 from pacing.algorithms import PacingParameters
 from pacing.cluster.leadership import Role, TickOutcome
+from pacing.cluster.witness import master_confirmed
 from pacing.services import Services
 from pacing.settings import Settings
 
@@ -70,10 +71,18 @@ class PlannedCycle:
     targets_changed: bool = False
 
 
+#: TickOutcome.other of a tick that did not touch the lease: the Redis master is unconfirmed
+UNCONFIRMED_MASTER = "(no Sentinel majority confirms the Redis master)"
+
+
 def plan_cycle(services: Services, *, node: str) -> PlannedCycle:
     """Take or renew ``node``'s lease; when it leads and nothing is in flight, cut the shards."""
     settings = services.settings
     started_at = services.clock()  # the cycle's latency counts from the tick, lease included
+    if not master_confirmed(services.redis):
+        # no Sentinel majority names the master this node writes to: it may be cut off, and a
+        # lease renewed there could outlive a failover (pacing.cluster.witness)
+        return PlannedCycle(TickOutcome(Role.STANDBY, 0, 0, False, UNCONFIRMED_MASTER), None, [])
     outcome = services.leadership.tick(
         node=node,
         lease_ttl_seconds=settings.lease_ttl,

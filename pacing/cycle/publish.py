@@ -41,12 +41,14 @@ from pacing.cycle.payload import (
     channel_sums,
 )
 from pacing.cycle.plan import CycleContext
+from pacing.cycle.repair import repair_due, request_history_repair
 from pacing.domain import Reason
 from pacing.errors import (
     DeltaBaseMismatch,
     EngagementRejected,
     EngagementUnavailable,
     InvalidResponse,
+    StaleEpoch,
     StaleSequence,
 )
 from pacing.history import CycleRecord
@@ -57,6 +59,9 @@ logger = logging.getLogger(__name__)
 
 
 PUBLISH_RETRY_PAUSE_SECONDS = 0.2
+#: _fenced_post's status for a cycle whose seq the receiver holds from a timeline that Redis
+#: lost in a failover: recorded ``in_doubt``, without decisions (they are not the receiver's)
+LOST_TIMELINE = "lost_timeline"
 
 
 def publish_cycle(
@@ -105,6 +110,7 @@ def publish_cycle(
         merged,
         seq=context.seq,
         epoch=context.epoch,
+        leader=context.node,
         generated_at=clock(),
         refresh_period_seconds=settings.refresh_period_seconds,
         channels=channels,
@@ -141,6 +147,9 @@ def publish_cycle(
         services, context, body=body, deadline=deadline, sleep=sleep
     )
     publish_ms = (time.perf_counter() - publish_started) * 1000
+    lost_timeline = status == LOST_TIMELINE
+    if lost_timeline:
+        status = "in_doubt"
     # Everything the cycle leaves in Redis goes in one round trip (with _finish's writes).
     pipe = services.redis.pipeline(transaction=True)
     if status in ("failed", "expired", "in_doubt"):
@@ -172,16 +181,28 @@ def publish_cycle(
         error=failure,
         published_at=clock() if status == "published" else None,
         publish_ms=publish_ms,
+        decisions_unknown=lost_timeline,
     )
     # the staged record keeps its decisions; only the small outcome is written over it, and a
     # waiting audit task is woken
     settled = services.redis.pipeline(transaction=True)
+    settled.exists(keys.audit(context.seq))  # read before the outcome: no audit is done yet
     settled.set(
         keys.audit_outcome(context.seq), orjson.dumps(outcome.to_json()), ex=AUDIT_RETENTION_SECONDS
     )
     settled.rpush(keys.audit_settled(context.seq), 1)
     settled.expire(keys.audit_settled(context.seq), AUDIT_SETTLED_SECONDS)
-    settled.execute()
+    still_staged = settled.execute()[0]
+    if not still_staged:
+        # A Redis failover lost the staged record (the promoted replica never had it): this
+        # process still holds it, so it is staged again, settled, and handed to an audit task.
+        logger.warning(
+            "the staged audit record was lost (Redis failover); staged again",
+            extra={"seq": context.seq, "epoch": context.epoch},
+        )
+        stage_audit(services, outcome.applied_to(staged))
+        if audit_ready is not None:
+            audit_ready(context.seq)
     if ack is not None:
         # the decisions that went out with this publish: all of them, or the changed ones
         # (the others went out with an earlier publish and are stored already)
@@ -228,7 +249,9 @@ def _fenced_post(
     """Claim the fence, then POST until acknowledged or the cycle's deadline passes; the
     acknowledgement comes back with the status when this attempt was the one acknowledged."""
     extra = {"seq": context.seq, "epoch": context.epoch}
-    verdict = services.leadership.claim_publish(epoch=context.epoch, seq=context.seq)
+    verdict = services.leadership.claim_publish(
+        epoch=context.epoch, seq=context.seq, node=context.node
+    )
     if verdict is FenceVerdict.DEPOSED:
         logger.warning("not publishing: this cycle's leader was deposed", extra=extra)
         return "fenced", "epoch is no longer the lease's epoch", None
@@ -257,7 +280,7 @@ def _fenced_post(
             # The fence was claimed once, before the first attempt; a retry comes later, and
             # the deadline may outlast the lease (cycle_deadline may be up to 2 × lease_ttl).
             # A cycle whose leader was deposed meanwhile must not send again.
-            if not services.leadership.epoch_is_current(context.epoch):
+            if not services.leadership.epoch_is_current(context.epoch, context.node):
                 logger.warning("not retrying: this cycle's leader was deposed", extra=extra)
                 status = "in_doubt" if sent_unanswered else "fenced"
                 return status, "the leader was deposed while the publish was retried", None
@@ -266,28 +289,64 @@ def _fenced_post(
             services.redis.set(services.keys.force_full, 1)
             logger.info("receiver lacks the delta base; next publish is full", extra=extra)
             return "base_mismatch", _short(error), None
+        except StaleEpoch as error:
+            # The receiver holds a newer term than this one: Redis lost the newest epoch in a
+            # failover and this node took the lease at an epoch already used. End the term and
+            # raise the counters past what the receiver holds; the next tick starts a new one.
+            seq_floor = error.last_seq or 0
+            services.leadership.concede(
+                epoch=context.epoch,
+                node=context.node,
+                epoch_floor=error.last_epoch or 0,
+                seq_floor=seq_floor,
+            )
+            logger.warning(
+                "the receiver holds a newer leadership term (epoch %s); this term ended",
+                error.last_epoch,
+                extra={**extra, "receiver_seq": error.last_seq},
+            )
+            if seq_floor >= context.seq:
+                return _lost_timeline(services, context, receiver_seq=seq_floor)
+            return "fenced", _short(error), None
         except StaleSequence as error:
-            if error.last_seq == context.seq:
+            if error.last_seq == context.seq and sent_unanswered:
                 # an earlier attempt of this very cycle arrived (its answer timed out)
                 return "published", None, None
             # This cycle passed the fence, so no newer cycle of ours claimed it: a receiver
-            # holding a larger seq means Redis lost its data (a restart without persistence)
-            # and INCR began again at 1. Jump past the receiver's seq, or every cycle would be
-            # refused until the counter caught up (minutes to days).
-            if (
-                error.last_seq is not None
-                and error.last_seq > context.seq
-                and services.leadership.raise_seq_floor(error.last_seq)
+            # holding this seq or a larger one means Redis lost writes (a restart without
+            # persistence, or a failover to a replica that lagged) and INCR handed out seqs
+            # again. Jump past the receiver's seq, or every cycle would be refused until the
+            # counter caught up (minutes to days).
+            if error.last_seq is not None and (
+                services.leadership.raise_seq_floor(error.last_seq) or error.last_seq == context.seq
             ):
                 logger.warning(
                     "the receiver holds a newer seq than this cluster; seq raised past it",
                     extra={**extra, "receiver_seq": error.last_seq},
                 )
+                return _lost_timeline(services, context, receiver_seq=error.last_seq)
             return "stale_seq", _short(error), None
         except (EngagementRejected, InvalidResponse) as error:
             logger.error("publish rejected: %s", error, extra=extra)
             return "failed", _short(error), None
         return "published", None, ack
+
+
+def _lost_timeline(
+    services: Services, context: CycleContext, *, receiver_seq: int
+) -> tuple[str, str | None, PublishAck | None]:
+    """The receiver holds seqs up to ``receiver_seq`` from cycles Redis has forgotten: their
+    audit records may be lost with them. Ask for the history to be checked once those cycles'
+    audits are done (:mod:`pacing.cycle.repair`); this cycle's seq is one of them."""
+    request_history_repair(
+        services, upto=receiver_seq, due=repair_due(services.settings, services.clock())
+    )
+    return (
+        LOST_TIMELINE,
+        f"the receiver holds seq {receiver_seq}: seq {context.seq} was used before Redis lost "
+        "it in a failover, and what the receiver holds for it is unknown",
+        None,
+    )
 
 
 def _store_feedback(

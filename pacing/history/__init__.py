@@ -19,7 +19,13 @@ from pacing.history.engine import (
     unavailable,
 )
 from pacing.history.maintenance import purge_history
-from pacing.history.reading import channel_totals, last_cycles, leadership_changes, target_history
+from pacing.history.reading import (
+    channel_totals,
+    cycle_starts,
+    last_cycles,
+    leadership_changes,
+    target_history,
+)
 from pacing.history.records import (
     ChannelPoint,
     ChannelTotal,
@@ -49,6 +55,7 @@ __all__ = [
     "LeadershipChange",
     "channel_totals",
     "create_history_engine",
+    "cycle_starts",
     "is_unavailable_error",
     "last_cycles",
     "leadership_changes",

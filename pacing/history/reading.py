@@ -28,7 +28,7 @@ from pacing.history.records import (
     require_aware,
 )
 
-__all__ = ["channel_totals", "last_cycles", "leadership_changes", "target_history"]
+__all__ = ["channel_totals", "cycle_starts", "last_cycles", "leadership_changes", "target_history"]
 
 
 @translate_errors
@@ -39,6 +39,16 @@ def last_cycles(engine: Engine, limit: int) -> list[CycleSummary]:
     statement = select(*_cycle_columns()).order_by(CycleModel.seq.desc()).limit(limit)
     with engine.connect() as connection:
         return [CycleSummary(**row._asdict()) for row in connection.execute(statement)]
+
+
+@translate_errors
+def cycle_starts(engine: Engine, low: int, high: int) -> dict[int, datetime]:
+    """``started_at`` of each cycle row with a seq in ``[low, high]`` (on the primary key)."""
+    statement = select(CycleModel.seq, CycleModel.started_at).where(
+        CycleModel.seq.between(low, high)
+    )
+    with engine.connect() as connection:
+        return {row.seq: row.started_at for row in connection.execute(statement)}
 
 
 def _cycle_columns() -> list[Any]:

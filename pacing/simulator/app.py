@@ -59,6 +59,7 @@ class Faults:
 class _Published:
     seq: int
     epoch: int
+    leader: str
     kind: str
     targets: int
     received_at: float
@@ -88,11 +89,14 @@ class SimulatorApp:
         self._lock = threading.Lock()  # fence, published list, tokens, faults
         self._tokens: dict[str, float] = {}  # access token -> expiry (clock seconds)
         self.last_seq: int | None = None
+        # the term of the last accepted publish: (epoch, leader)
+        self.last_term: tuple[int, str] | None = None
         self._published: deque[_Published] = deque(maxlen=PUBLISHED_HISTORY)
         self._published_seqs: set[int] = set()
         self.fence_counters: dict[str, int] = {
             "accepted_publishes": 0,
             "rejected_stale": 0,
+            "rejected_stale_epoch": 0,
             "rejected_base_mismatch": 0,
             "duplicates_seen": 0,
             "rejected_invalid": 0,
@@ -130,19 +134,28 @@ class SimulatorApp:
     # ------------------------------------------------------------------ fence
 
     def publish(self, payload: _Publish) -> dict[str, object]:
-        """Apply a validated publish behind the ``seq`` fence; a 409 is an :class:`_HttpError`."""
+        """Apply a validated publish behind the fence (docs/contracts.md §2): its term must be
+        the newest seen — a larger epoch, or the same epoch from the same leader — and its seq
+        larger than any accepted. A 409 is an :class:`_HttpError`."""
         with self._lock:
             last = self.last_seq
+            term = self.last_term
+            held = {"last_seq": last, "last_epoch": term[0] if term else None}
+            if term is not None and (
+                payload.epoch < term[0] or (payload.epoch == term[0] and payload.leader != term[1])
+            ):
+                self.fence_counters["rejected_stale_epoch"] += 1
+                raise _HttpError(HTTPStatus.CONFLICT, "stale_epoch", extra=held)
             if last is not None and payload.seq <= last:
                 self.fence_counters["rejected_stale"] += 1
                 if payload.seq in self._published_seqs:
                     self.fence_counters["duplicates_seen"] += 1
-                raise _HttpError(HTTPStatus.CONFLICT, "stale_seq", extra={"last_seq": last})
+                raise _HttpError(HTTPStatus.CONFLICT, "stale_seq", extra=held)
             if payload.kind == "delta" and (
                 self.faults.engagement == "reject_delta" or payload.base_seq != last
             ):
                 self.fence_counters["rejected_base_mismatch"] += 1
-                raise _HttpError(HTTPStatus.CONFLICT, "base_mismatch", extra={"last_seq": last})
+                raise _HttpError(HTTPStatus.CONFLICT, "base_mismatch", extra=held)
             now = self.clock()
             # Applied under the fence lock: two concurrent publishes must not interleave
             # their budgets with the order of their seqs.
@@ -155,6 +168,7 @@ class SimulatorApp:
                 now=now,
             )
             self.last_seq = payload.seq
+            self.last_term = (payload.epoch, payload.leader)
             self.fence_counters["accepted_publishes"] += 1
             if len(self._published) == self._published.maxlen:
                 self._published_seqs.discard(self._published[0].seq)
@@ -162,6 +176,7 @@ class SimulatorApp:
                 _Published(
                     seq=payload.seq,
                     epoch=payload.epoch,
+                    leader=payload.leader,
                     kind=payload.kind,
                     targets=len(payload.target_ids),
                     received_at=now,
@@ -184,6 +199,7 @@ class SimulatorApp:
                 {
                     "seq": p.seq,
                     "epoch": p.epoch,
+                    "leader": p.leader,
                     "kind": p.kind,
                     "targets": p.targets,
                     "received_at": p.received_at,
@@ -193,6 +209,7 @@ class SimulatorApp:
             ][:limit]
             rejected = {
                 "stale_seq": self.fence_counters["rejected_stale"],
+                "stale_epoch": self.fence_counters["rejected_stale_epoch"],
                 "base_mismatch": self.fence_counters["rejected_base_mismatch"],
                 "duplicates": self.fence_counters["duplicates_seen"],
                 "invalid": self.fence_counters["rejected_invalid"],

@@ -27,6 +27,7 @@ class _Publish:
 
     seq: int
     epoch: int
+    leader: str  # "" when the body has none (a sender older than the epoch fence)
     kind: str
     base_seq: int | None
     refresh_period_seconds: float
@@ -73,6 +74,9 @@ def parse_publish(body: object, idempotency_key: str | None) -> _Publish:
     if not _is_count(epoch):
         raise fail('"epoch" must be an integer >= 0.')
     assert isinstance(epoch, int)
+    leader = body.get("leader", "")
+    if not isinstance(leader, str) or len(leader) > 64:
+        raise fail('"leader" must be a string of at most 64 characters (the node name).')
     if not _is_number(body.get("generated_at")):
         raise fail('"generated_at" must be a number (Unix seconds).')
     period_ms = body.get("refresh_period_ms")
@@ -138,6 +142,7 @@ def parse_publish(body: object, idempotency_key: str | None) -> _Publish:
     return _Publish(
         seq=seq,
         epoch=epoch,
+        leader=leader,
         kind=str(kind),
         base_seq=base_seq,
         refresh_period_seconds=period_ms / 1000.0,

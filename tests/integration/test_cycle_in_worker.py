@@ -99,10 +99,10 @@ def test_the_worker_presolves_a_goal_and_every_process_then_paces_it_without_sol
         _found,
         _key,
     )
+    from pacing.cluster.connection import redis_client
     from pacing.cluster.keys import Keys
     from pacing.cluster.state import SharedOperatingPoints
     from pacing.cycle import presolve
-    from pacing.services import redis_client
     from tasks.cycle import presolve_operating_points
     from tasks.services import services
 
@@ -110,7 +110,7 @@ def test_the_worker_presolves_a_goal_and_every_process_then_paces_it_without_sol
     # cache that has never seen it (a presolve sent by an earlier test's cycle may still be
     # storing its points into this process's cache from another worker thread: it once lost
     # this test's grid, before the cache took a lock)
-    client = redis_client(stack_settings.effective_redis_url)
+    client = redis_client(stack_settings)
     other = OperatingPoints()
     shared = SharedOperatingPoints(client, Keys(stack_settings.key_prefix), other)
     shared.pull()

@@ -48,11 +48,11 @@ def scrape_clock() -> ScrapeClock:
 @pytest.fixture
 def exporter(stack_settings: Any, scrape_clock: ScrapeClock) -> Iterator[str]:
     """``pacing exporter``'s collector and server, in a thread; yields the metrics URL."""
+    from pacing.cluster.connection import redis_client
     from pacing.cluster.keys import Keys
     from pacing.metrics import PacingCollector, serve_metrics
-    from pacing.services import redis_client
 
-    client = redis_client(stack_settings.effective_redis_url)
+    client = redis_client(stack_settings)
     collector = PacingCollector(
         client,
         Keys(stack_settings.key_prefix),
@@ -342,10 +342,10 @@ class _Ticker:
     counts do not depend on how fast the cycles follow each other."""
 
     def __init__(self, settings: Any, exporter: str) -> None:
+        from pacing.cluster.connection import redis_client
         from pacing.cluster.keys import Keys
-        from pacing.services import redis_client
 
-        self.client = redis_client(settings.effective_redis_url)
+        self.client = redis_client(settings)
         self.keys = Keys(settings.key_prefix)
         self.exporter = exporter
 

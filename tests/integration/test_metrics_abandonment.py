@@ -77,9 +77,9 @@ class Stream:
 
 @pytest.fixture
 def stream(stack_settings: Any) -> Iterator[Stream]:
-    from pacing.services import redis_client
+    from pacing.cluster.connection import redis_client
 
-    client = redis_client(stack_settings.effective_redis_url)
+    client = redis_client(stack_settings)
     prefix = f"exporter-test-{uuid.uuid4().hex[:8]}"
     try:
         yield Stream(client, prefix)

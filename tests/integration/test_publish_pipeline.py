@@ -428,10 +428,38 @@ def test_a_base_mismatch_makes_the_next_publish_full(services: Services, stub: H
     assert services.redis.get(services.keys.force_full) is None
 
 
-def test_a_stale_seq_for_this_very_seq_counts_as_published(
+def test_a_stale_seq_for_this_very_seq_after_an_unanswered_attempt_counts_as_published(
     services: Services, stub: HttpStub
 ) -> None:
-    # given an earlier attempt of this cycle reached the receiver
+    # given the first attempt of this cycle reached the receiver but its answer timed out
+    impatient = Services(
+        services.settings.model_copy(update={"http_read_timeout_seconds": 0.5}),
+        clock=services.clock,
+    )
+    context = start_cycle(impatient)
+    # (were the answer read in time after all, on a stalled machine, the cycle is published too)
+    late = json_response({"accepted_seq": context.seq, "feedback": {}}, delay_seconds=1.5)
+    stale = json_response({"error": "stale_seq", "last_seq": context.seq}, status=409)
+    stub.on("POST", PUBLISH_PATH, late, stale)
+
+    # when
+    try:
+        record = publish(impatient, context, BUDGETS, sleep=lambda seconds: None)
+    finally:
+        impatient.close()
+
+    # then
+    assert record.publish_status == "published"
+    assert record.payload_kind == "full"
+    assert len(record.decisions) == 3
+    assert services.redis.hget(services.keys.last_publish, "seq") == str(context.seq).encode()
+
+
+def test_a_receiver_holding_this_seq_from_a_lost_timeline_leaves_the_cycle_in_doubt(
+    services: Services, stub: HttpStub, clock: FakeClock
+) -> None:
+    # given the receiver holds this cycle's seq, and this cycle never sent before: Redis lost
+    # the seqs of cycles the receiver accepted (a failover to a replica that lagged)
     context = start_cycle(services)
     stub.on(
         "POST",
@@ -442,15 +470,21 @@ def test_a_stale_seq_for_this_very_seq_counts_as_published(
     # when
     record = publish(services, context, BUDGETS)
 
-    # then
-    assert record.publish_status == "published"
-    assert record.payload_kind == "full"
-    assert len(record.decisions) == 3
-    assert services.redis.hget(services.keys.last_publish, "seq") == str(context.seq).encode()
+    # then the history keeps the seq as in doubt, without decisions that are not the receiver's
+    assert record.publish_status == "in_doubt"
+    assert "lost" in (record.error or "")
+    assert list(record.decisions) == []
+    assert services.redis.get(services.keys.snapshot) is None
+    # and a check of the history for the lost cycles' records is due after this cycle's end
+    due = services.redis.zscore(services.keys.history_repair, str(context.seq))
+    assert due is not None
+    assert due > clock()
 
 
-def test_a_stale_seq_for_a_newer_seq_is_not_published(services: Services, stub: HttpStub) -> None:
-    # given the receiver already holds a newer seq
+def test_a_stale_seq_for_a_newer_seq_raises_the_counter_and_leaves_the_cycle_in_doubt(
+    services: Services, stub: HttpStub
+) -> None:
+    # given the receiver already holds a newer seq than this cluster ever handed out
     context = start_cycle(services)
     stub.on(
         "POST",
@@ -462,9 +496,85 @@ def test_a_stale_seq_for_a_newer_seq_is_not_published(services: Services, stub: 
     record = publish(services, context, BUDGETS)
 
     # then
-    assert record.publish_status == "stale_seq"
+    assert record.publish_status == "in_doubt"
     assert list(record.decisions) == []
     assert services.redis.get(services.keys.snapshot) is None
+    assert int(services.redis.get(services.keys.seq) or 0) == context.seq + 5
+    assert services.redis.zscore(services.keys.history_repair, str(context.seq + 5)) is not None
+
+
+def test_a_stale_seq_below_the_counter_is_a_plain_refusal(
+    services: Services, stub: HttpStub
+) -> None:
+    # given a newer cycle of this cluster already reached the receiver (this one's POST came
+    # late), so the receiver's seq is one this cluster handed out
+    context = start_cycle(services)
+    services.redis.set(services.keys.seq, context.seq + 1)
+    stub.on(
+        "POST",
+        PUBLISH_PATH,
+        json_response({"error": "stale_seq", "last_seq": context.seq + 1}, status=409),
+    )
+
+    # when
+    record = publish(services, context, BUDGETS)
+
+    # then
+    assert record.publish_status == "stale_seq"
+    assert services.redis.zcard(services.keys.history_repair) == 0
+
+
+def test_a_stale_epoch_ends_the_term_and_the_next_one_is_above_the_receivers(
+    services: Services, stub: HttpStub
+) -> None:
+    # given the receiver holds epoch 9 from another leader: Redis lost the newest epoch
+    context = start_cycle(services)
+    stub.on(
+        "POST",
+        PUBLISH_PATH,
+        json_response(
+            {"error": "stale_epoch", "last_seq": context.seq - 1, "last_epoch": 9}, status=409
+        ),
+    )
+
+    # when
+    record = publish(services, context, BUDGETS)
+
+    # then the cycle is fenced, the lease is free and the next term takes epoch 10
+    assert record.publish_status == "fenced"
+    assert services.redis.get(services.keys.lease) is None
+    stub.on("POST", PUBLISH_PATH, accept)
+    following = start_cycle(services)
+    assert following.epoch == 10
+    assert following.new_leader
+    assert publish(services, following, BUDGETS).publish_status == "published"
+    assert stub.requests_to(PUBLISH_PATH)[-1].json()["leader"] == "node-a"
+
+
+def test_a_staged_audit_record_lost_during_the_post_is_staged_again(
+    services: Services, stub: HttpStub
+) -> None:
+    # given Redis loses the staged audit record while the POST is in flight (a failover to a
+    # replica that never received it)
+    context = start_cycle(services)
+
+    def lose_the_staged_record(request: RecordedRequest) -> StubResponse:
+        services.redis.delete(services.keys.audit(context.seq))
+        services.redis.zrem(services.keys.audit_pending, str(context.seq))
+        return accept(request)
+
+    stub.on("POST", PUBLISH_PATH, lose_the_staged_record)
+
+    # when
+    record = publish(services, context, BUDGETS)
+
+    # then the publishing process stages it again, settled, for the audit task
+    assert record.publish_status == "published"
+    staged = load_audit(services, context.seq)
+    assert staged is not None
+    assert staged.publish_status == "published"
+    assert len(staged.decisions) == 3
+    assert services.redis.zscore(services.keys.audit_pending, str(context.seq)) is not None
 
 
 def test_a_receiver_down_until_the_deadline_fails_after_bounded_attempts(

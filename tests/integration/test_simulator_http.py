@@ -63,10 +63,13 @@ def payload(
     kind: str = "full",
     base_seq: int | None = None,
     budget: int = 1,
+    epoch: int = 1,
+    leader: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "seq": seq,
-        "epoch": 1,
+        "epoch": epoch,
+        **({"leader": leader} if leader is not None else {}),
         "generated_at": time.time(),
         "refresh_period_ms": 2000,
         "kind": kind,
@@ -127,11 +130,11 @@ def test_fence_rejects_old_seqs_and_wrong_delta_bases(
     for stale in (5, 4):
         response = publish(http, sim, payload(stale, target_ids))
         assert response.status_code == 409
-        assert response.json() == {"error": "stale_seq", "last_seq": 5}
+        assert response.json() == {"error": "stale_seq", "last_seq": 5, "last_epoch": 1}
     # when / then: a delta on a base the receiver does not hold
     response = publish(http, sim, payload(6, target_ids[:2], kind="delta", base_seq=3))
     assert response.status_code == 409
-    assert response.json() == {"error": "base_mismatch", "last_seq": 5}
+    assert response.json() == {"error": "base_mismatch", "last_seq": 5, "last_epoch": 1}
     # when / then: the full snapshot that follows is taken, and a delta on it
     assert publish(http, sim, payload(6, target_ids)).status_code == 200
     response = publish(http, sim, payload(7, target_ids[:2], kind="delta", base_seq=6))
@@ -157,12 +160,48 @@ def test_fence_rejects_old_seqs_and_wrong_delta_bases(
     assert fence["last_seq"] == 7
 
 
+def test_fence_rejects_an_ended_term_and_the_same_epoch_from_another_leader(
+    sim: RunningSimulator, http: requests.Session, target_ids: list[str]
+) -> None:
+    # given node-a published at epoch 7
+    assert publish(http, sim, payload(10, target_ids, epoch=7, leader="node-a")).status_code == 200
+
+    # when / then: node-b at the same epoch (Redis lost the epoch it was given) is refused,
+    # whatever its seq, and so is any older epoch
+    for body in (
+        payload(11, target_ids, epoch=7, leader="node-b"),
+        payload(12, target_ids, epoch=6, leader="node-a"),
+        payload(13, target_ids, epoch=6, leader="node-b"),
+    ):
+        response = publish(http, sim, body)
+        assert response.status_code == 409
+        assert response.json() == {"error": "stale_epoch", "last_seq": 10, "last_epoch": 7}
+    # when / then: node-a goes on in its term, node-b's newer term is taken, and from then on
+    # node-a's term has ended, even with a larger seq
+    assert publish(http, sim, payload(14, target_ids, epoch=7, leader="node-a")).status_code == 200
+    assert publish(http, sim, payload(15, target_ids, epoch=8, leader="node-b")).status_code == 200
+    response = publish(http, sim, payload(16, target_ids, epoch=7, leader="node-a"))
+    assert response.status_code == 409
+    assert response.json()["error"] == "stale_epoch"
+    # and a newer term still needs a newer seq
+    response = publish(http, sim, payload(15, target_ids, epoch=9, leader="node-a"))
+    assert response.json() == {"error": "stale_seq", "last_seq": 15, "last_epoch": 8}
+
+    published = http.get(sim.base_url + "/sim/published", timeout=TIMEOUT).json()
+    assert [(p["seq"], p["epoch"], p["leader"]) for p in published["published"]] == [
+        (10, 7, "node-a"),
+        (14, 7, "node-a"),
+        (15, 8, "node-b"),
+    ]
+    assert published["rejected"]["stale_epoch"] == 4
+
+
 def test_a_delta_before_any_full_snapshot_is_a_base_mismatch(
     sim: RunningSimulator, http: requests.Session, target_ids: list[str]
 ) -> None:
     response = publish(http, sim, payload(1, target_ids, kind="delta", base_seq=0))
     assert response.status_code == 409
-    assert response.json() == {"error": "base_mismatch", "last_seq": None}
+    assert response.json() == {"error": "base_mismatch", "last_seq": None, "last_epoch": None}
 
 
 def test_reject_delta_mode_refuses_every_delta(

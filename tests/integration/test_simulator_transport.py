@@ -155,7 +155,7 @@ def test_a_publish_through_the_transport_is_fenced_like_any_other(
     assert first.json()["accepted_seq"] == 7
     assert len(first.json()["feedback"]) == len(sim.world.target_ids())
     assert again.status_code == 409
-    assert again.json() == {"error": "stale_seq", "last_seq": 7}
+    assert again.json() == {"error": "stale_seq", "last_seq": 7, "last_epoch": 1}
     assert sim.app.fence_json()["accepted_publishes"] == 1
 
 

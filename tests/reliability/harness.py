@@ -78,6 +78,8 @@ class FaultResult:
     published: int = 0  # publishes accepted in the fault's window
     duplicates: int = 0  # seqs the receiver accepted more than once
     deposed_publishes: int = 0  # accepted after a newer epoch had taken the lease
+    regressions: int = 0  # accepted with a seq at or below one accepted before it
+    ended_term_publishes: int = 0  # accepted from a term after another term had published
     audit_lost: int = 0  # accepted seqs without a cycle row (or with a decision-row shortfall)
     audit_duplicated: int = 0  # cycle rows or decision rows written more than once
     processes_left: int = 0  # processes of killed or stopped groups still alive afterwards
@@ -95,6 +97,7 @@ class Publish:
     kind: str
     targets: int
     received_at: float
+    leader: str = ""  # the node that published (the term is (epoch, leader))
 
 
 # --- owned servers ---------------------------------------------------------------------------
@@ -353,10 +356,24 @@ class Cluster:
             self._exit.close()
             raise
 
-    def _start(self, workdir: Path, targets: int) -> None:
+    def _start_redis(self, workdir: Path) -> dict[str, str]:
+        """Start the cluster's Redis; returns the settings that point the nodes at it."""
         secrets = self.secrets
         self.redis_server = OwnRedis(workdir, password=secrets and secrets.redis_password)
         self._exit.callback(self.redis_server.stop)
+        return {"broker_url": self.redis_server.url}
+
+    def _redis_client(self) -> redis.Redis:
+        """The harness's own client (lease poller, queue length, cycle events)."""
+        return redis.Redis.from_url(
+            self.redis_server.url,
+            socket_timeout=LOOPBACK_TIMEOUT_SECONDS,
+            socket_connect_timeout=LOOPBACK_TIMEOUT_SECONDS,
+        )
+
+    def _start(self, workdir: Path, targets: int) -> None:
+        secrets = self.secrets
+        redis_values = self._start_redis(workdir)
         self.postgres = OwnPostgres(workdir, password=secrets and secrets.postgres_password)
         self._exit.callback(self.postgres.destroy)
         simulator_config = SimulatorConfig(
@@ -380,7 +397,7 @@ class Cluster:
         server.handle_error = handle_error  # type: ignore[method-assign]
         self.values = {
             "environment": "development",
-            "broker_url": self.redis_server.url,
+            **redis_values,
             "key_prefix": KEY_PREFIX,
             "database_url": self.postgres.url,
             "stat_server_primary_url": self.simulator.stat_server_primary_url,
@@ -401,7 +418,15 @@ class Cluster:
                     "flower_basic_auth": f"admin:{secrets.flower_password}",
                 }
             )
-        self.settings: Settings = load_settings(self.values)
+        # the nodes' settings alone, as the nodes see them (their environment has no other
+        # PACING_ variable), not mixed with the ones the test session puts in os.environ
+        outside = {k: v for k, v in os.environ.items() if k.startswith("PACING_")}
+        for name in outside:
+            del os.environ[name]
+        try:
+            self.settings: Settings = load_settings(self.values)
+        finally:
+            os.environ.update(outside)
         upgrade_to_head(self.postgres.url)
         self.target_count = import_simulator_targets(self.settings, self.simulator.base_url)
         self.env = {
@@ -411,11 +436,7 @@ class Cluster:
         }
         self.stack = LocalStack(settings=self.settings, workdir=workdir)
         self._exit.callback(self.stack.stop)
-        self.redis = redis.Redis.from_url(
-            self.redis_server.url,
-            socket_timeout=LOOPBACK_TIMEOUT_SECONDS,
-            socket_connect_timeout=LOOPBACK_TIMEOUT_SECONDS,
-        )
+        self.redis = self._redis_client()
         self._exit.callback(self.redis.close)
         self.http = requests.Session()
         self._exit.callback(self.http.close)
@@ -595,7 +616,9 @@ class Cluster:
         )
         response.raise_for_status()
         return [
-            Publish(p["seq"], p["epoch"], p["kind"], p["targets"], p["received_at"])
+            Publish(
+                p["seq"], p["epoch"], p["kind"], p["targets"], p["received_at"], p.get("leader", "")
+            )
             for p in response.json()["published"]
         ]
 
@@ -758,6 +781,7 @@ def _finish(
         max((b - a for a, b in itertools.pairwise(times)), default=0.0), 2
     )
     result.deposed_publishes = deposed_publishes(window, cluster.lease_log)
+    result.regressions, result.ended_term_publishes = receiver_view(window)
     result.audit_lost, result.audit_duplicated = cluster.audit(seqs)
     if killed_pgids:
         result.processes_left = len(live_members(set(killed_pgids)))
@@ -765,6 +789,31 @@ def _finish(
     fence = cluster.published(after=10**12)  # nothing: only to keep the session warm
     del fence
     return result
+
+
+def receiver_view(window: list[Publish]) -> tuple[int, int]:
+    """(regressions, ended-term publishes) among ``window``, in the order the receiver took them.
+
+    A regression: a seq at or below one accepted before it. An ended-term publish: one whose
+    term (epoch, leader) had published before another term did — two leaders interleaved, A A B
+    A. Neither needs the epochs to be ordered, so a term Redis numbered wrongly still counts.
+    """
+    regressions = ended = 0
+    highest: int | None = None
+    finished: set[tuple[int, str]] = set()
+    current: tuple[int, str] | None = None
+    for publish in window:
+        if highest is not None and publish.seq <= highest:
+            regressions += 1
+        highest = publish.seq if highest is None else max(highest, publish.seq)
+        term = (publish.epoch, publish.leader)
+        if term != current:
+            if current is not None:
+                finished.add(current)
+            current = term
+        if term in finished:
+            ended += 1
+    return regressions, ended
 
 
 def deposed_publishes(window: list[Publish], lease_log: list[tuple[float, int, str]]) -> int:
@@ -1263,12 +1312,14 @@ def median(values: list[float]) -> float:
 
 
 @contextlib.contextmanager
-def running_cluster(workdir: Path | None = None, **kwargs: Any) -> Iterator[Cluster]:
+def running_cluster(
+    workdir: Path | None = None, *, cluster_class: type[Cluster] | None = None, **kwargs: Any
+) -> Iterator[Cluster]:
     """A started cluster that is always torn down; its first publishes already arrived."""
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pacing-rel-")))
-        cluster = Cluster(workdir, **kwargs)
+        cluster = (cluster_class or Cluster)(workdir, **kwargs)
         stack.callback(cluster.close)
         cluster.wait_for_publishes(STEADY_PUBLISHES, after_time=0.0, timeout=START_TIMEOUT_SECONDS)
         yield cluster

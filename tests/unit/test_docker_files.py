@@ -1,7 +1,8 @@
-"""The Docker files without a Docker engine: ``docker-compose config`` validates the compose file,
-and the Dockerfile, the entry scripts, the README and the operator's guide are read side by side
-so they cannot drift apart (a role the compose file names must have an executable entry script,
-the entry scripts start the celery commands the README documents, and so on)."""
+"""The Docker files without a Docker engine: ``docker-compose config`` validates the compose file
+and the Sentinel override (docker/compose.ha.yaml), and the Dockerfile, the entry scripts, the
+README and the operator's guide are read side by side so they cannot drift apart (a role the
+compose file names must have an executable entry script, the entry scripts start the celery
+commands the README documents, the nodes' Sentinel addresses are Sentinel services, and so on)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from typing import Any
 import pytest
 import yaml
 
+from pacing.cluster.connection import sentinel_addresses
+from pacing.settings import Settings, load_settings
 from tests.support import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 ENTRYPOINTS = DOCKER / "entrypoints"
 COMPOSE_FILE = DOCKER / "compose.yaml"
+COMPOSE_HA_FILE = DOCKER / "compose.ha.yaml"
+HA_ENTRYPOINT = DOCKER / "redis" / "ha-entrypoint.sh"
 README = REPO / "README.md"
 OPERATORS_GUIDE = REPO / "docs" / "operators.md"
 IMAGE_SERVICES = {
@@ -34,20 +39,24 @@ IMAGE_SERVICES = {
     "flower",
     "exporter",
 }
+#: what docker/compose.ha.yaml adds: the master is compose.yaml's `redis`
+HA_SERVICES = {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
 #: Options that differ between a host and a container on purpose: credentials come from
 #: PACING_FLOWER_BASIC_AUTH in the image, and the container fixes its port and schedule path.
 HOST_ONLY_OPTIONS = {"--basic-auth"}
 
 
-def compose_config(**variables: str) -> subprocess.CompletedProcess[str]:
+def compose_config(*files: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    """``docker-compose -f FILE… config`` (compose.yaml alone unless ``files`` are given)."""
     binary = shutil.which("docker-compose")
     if binary is None:
         unavailable(
             "docker-compose is not installed; `apt-get install docker-compose` (.ci/run does)"
         )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PACING_", "FLOWER_"))}
+    file_options = [option for file in files or (COMPOSE_FILE,) for option in ("-f", str(file))]
     return subprocess.run(
-        [binary, "-f", str(COMPOSE_FILE), "config"],
+        [binary, *file_options, "config"],
         env={**env, **variables},
         capture_output=True,
         text=True,
@@ -60,6 +69,18 @@ def compose_config(**variables: str) -> subprocess.CompletedProcess[str]:
 def compose() -> dict[str, Any]:
     """The compose file as docker-compose resolves it (anchors merged, variables set)."""
     resolved = compose_config(PACING_FLOWER_BASIC_AUTH="admin:change-me")
+    assert resolved.returncode == 0, resolved.stderr
+    config = yaml.safe_load(resolved.stdout)
+    assert isinstance(config, dict)
+    return config
+
+
+@pytest.fixture(scope="module")
+def compose_ha() -> dict[str, Any]:
+    """compose.yaml with the Sentinel override, as docker-compose merges them."""
+    resolved = compose_config(
+        COMPOSE_FILE, COMPOSE_HA_FILE, PACING_FLOWER_BASIC_AUTH="admin:change-me"
+    )
     assert resolved.returncode == 0, resolved.stderr
     config = yaml.safe_load(resolved.stdout)
     assert isinstance(config, dict)
@@ -196,6 +217,109 @@ def test_the_exporter_and_flower_listen_on_the_ports_the_image_exposes(
     assert "--port=5555" in entry_command(ENTRYPOINTS / "pacing-flower")
 
 
+# --- compose with Redis Sentinel (docker/compose.ha.yaml) -----------------------------------------
+
+
+def redis_users(config: dict[str, Any]) -> set[str]:
+    """The pacing services that wait for Redis, i.e. use it (migrate and demo-targets do not)."""
+    return {
+        name
+        for name, service in config["services"].items()
+        if service.get("image") == "agent-pacing:latest"
+        and "redis" in service.get("depends_on", {})
+    }
+
+
+def settings_of(environment: dict[str, str | None]) -> Settings:
+    """The settings a container with ``environment`` reads (PACING_* of this shell aside)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in [v for v in os.environ if v.startswith("PACING_")]:
+            patch.delenv(variable)
+        for variable, value in environment.items():
+            if value is not None:
+                patch.setenv(variable, value)
+        return load_settings()
+
+
+def test_the_ha_override_adds_a_replica_and_three_sentinels_to_every_role(
+    compose_ha: dict[str, Any],
+) -> None:
+    assert set(compose_ha["services"]) == {"redis", "postgres"} | IMAGE_SERVICES | HA_SERVICES
+    assert redis_users(compose_ha) == {"worker", "beat-a", "beat-b", "flower", "exporter"}
+
+
+def test_every_process_that_uses_redis_finds_the_master_through_sentinel_services(
+    compose_ha: dict[str, Any],
+) -> None:
+    services = compose_ha["services"]
+    sentinels = {name for name, s in services.items() if s.get("command", [""])[0] == "sentinel"}
+    assert sentinels == {"sentinel-1", "sentinel-2", "sentinel-3"}
+    for name in redis_users(compose_ha):
+        service = services[name]
+        addresses = service["environment"]["PACING_REDIS_SENTINELS"].split(",")
+        # every address is a Sentinel service on the port the entry script gives Sentinels
+        assert {a.split(":")[0] for a in addresses} == sentinels, name
+        assert {a.split(":")[1] for a in addresses} == {"26379"}, name
+        # ... watching the master by the name the node asks for (the entry script's default)
+        assert service["environment"]["PACING_REDIS_MASTER_NAME"] == "pacing", name
+        # ... and the settings the node reads from its environment are valid and in Sentinel
+        # mode (compose leaves a variable without a value out when the shell has none)
+        settings = settings_of(service["environment"])
+        assert settings.uses_sentinels, name
+        assert {host for host, _ in sentinel_addresses(settings)} == sentinels, name
+        # ... and the node starts once every Sentinel is healthy
+        for sentinel in sentinels:
+            assert service["depends_on"][sentinel]["condition"] == "service_healthy", name
+
+
+def test_the_redis_servers_and_sentinels_run_the_ha_entry_script_with_their_own_volume(
+    compose_ha: dict[str, Any],
+) -> None:
+    services = compose_ha["services"]
+    data_volumes = []
+    for name in {"redis"} | HA_SERVICES:
+        service = services[name]
+        assert service["image"].startswith("redis:7"), name
+        assert service["entrypoint"] == ["/bin/sh", "/ha/ha-entrypoint.sh"], name
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+        # the script comes from the repository, read-only ...
+        assert Path(mounts["/ha/ha-entrypoint.sh"]) == HA_ENTRYPOINT, name
+        # ... and the configuration it writes (and the server rewrites) lives in a volume
+        assert mounts["/data"] in compose_ha["volumes"], name
+        data_volumes.append(mounts["/data"])
+        # the others reach it by its service name, which it announces
+        assert service["environment"]["ANNOUNCE_HOST"] == name
+        assert service["restart"] == "unless-stopped", name
+        assert service["healthcheck"]["test"], f"{name} has no health check"
+    assert len(set(data_volumes)) == len(data_volumes)
+    # redis starts as the master, redis-replica replicates it, the Sentinels watch it
+    assert services["redis"]["command"] == ["server"]
+    assert services["redis-replica"]["command"] == ["server", "redis"]
+    for index in (1, 2, 3):
+        sentinel = services[f"sentinel-{index}"]
+        assert sentinel["command"] == ["sentinel", "redis"]
+        assert "get-master-addr-by-name pacing" in sentinel["healthcheck"]["test"][-1]
+        for server in ("redis", "redis-replica"):
+            assert sentinel["depends_on"][server]["condition"] == "service_healthy"
+
+
+def test_the_ha_entry_script_uses_the_timings_of_pacing_up_ha() -> None:
+    from pacing.cli.redis_ha import SentinelTimings
+
+    text = HA_ENTRYPOINT.read_text()
+    timings = SentinelTimings()
+    assert text.startswith("#!/bin/sh\n")
+    assert "\nset -e\n" in text
+    assert f"DOWN_AFTER_MILLISECONDS:-{timings.down_after_milliseconds}}}" in text
+    assert f"FAILOVER_TIMEOUT_MILLISECONDS:-{timings.failover_timeout_milliseconds}}}" in text
+    assert f"repl-ping-replica-period {timings.repl_ping_replica_period_seconds}\n" in text
+    assert f"repl-timeout {timings.repl_timeout_seconds}\n" in text
+    assert " $master_port 2\n" in text  # quorum 2 of 3
+    assert subprocess.run(["sh", "-n", str(HA_ENTRYPOINT)], check=False).returncode == 0
+    # it hands over to the image's entrypoint, which drops root
+    assert entry_command(HA_ENTRYPOINT)[:2] == ["docker-entrypoint.sh", "redis-server"]
+
+
 # --- Dockerfile ---------------------------------------------------------------------------------
 
 
@@ -278,6 +402,8 @@ def test_the_documented_docker_commands_use_the_compose_file_its_services_and_va
         assert lines, f"{document.name} shows no docker compose command"
         for line in lines:
             assert "-f docker/compose.yaml" in line, f"{document.name}: {line}"
+            for file in re.findall(r"-f (\S+\.ya?ml)\b", line):
+                assert (REPO / file).is_file(), f"{document.name}: no {file}: {line}"
             for service in re.findall(r"--scale (\S+?)=\d+", line):
                 assert service in compose["services"], f"{document.name}: {line}"
         # the command that brings the stack up sets what the compose file requires

@@ -32,6 +32,7 @@ from pacing.errors import (
     InvalidResponse,
     PacingError,
     PermanentError,
+    StaleEpoch,
     StaleSequence,
     TransientError,
 )
@@ -462,6 +463,23 @@ def test_409_stale_seq_carries_the_receivers_last_seq(
 
     assert caught.value.last_seq == 1043
     assert caught.value.status_code == 409
+
+
+def test_409_stale_epoch_carries_the_receivers_term(
+    session: requests.Session, server: HttpStub
+) -> None:
+    server.on(
+        "POST",
+        PUBLISH_PATH,
+        json_response({"error": "stale_epoch", "last_seq": 1041, "last_epoch": 8}, status=409),
+    )
+
+    with pytest.raises(StaleEpoch) as caught:
+        bearer_client(session, server.url).publish(seq=1042, body=encode_payload(PAYLOAD))
+
+    assert caught.value.last_epoch == 8
+    assert caught.value.last_seq == 1041
+    assert "term has ended" in str(caught.value)
 
 
 @pytest.mark.parametrize(

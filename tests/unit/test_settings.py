@@ -19,7 +19,7 @@ from pacing.errors import ConfigurationError
 from pacing.settings import CONFIG_FILE_VARIABLE, Settings, load_settings, redact_url
 
 SECRET = "TOPSECRET-value-0123456789"
-_FIX_VERBS = ("set", "lower", "use", "install", "give", "fix", "raise")
+_FIX_VERBS = ("set", "lower", "use", "install", "give", "fix", "raise", "list")
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ TASK_NAMES = {
     "pacing.record_leadership",
     "pacing.purge_history",
     "pacing.presolve_operating_points",
+    "pacing.repair_lost_audits",
 }
 
 
@@ -58,6 +59,7 @@ def test_each_task_function_carries_its_pinned_name() -> None:
         cycle.record_cycle.name,
         cycle.record_leadership.name,
         cycle.purge_history.name,
+        cycle.repair_lost_audits.name,
         cycle.presolve_operating_points.name,
     }
 
